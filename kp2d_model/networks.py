@@ -49,15 +49,15 @@ def cell_keypoints(center_shift: torch.Tensor, cell: int, cross_ratio: float, he
     return torch.stack([x, y], dim=1)
 
 
-def sample_descriptors(dense: torch.Tensor, coord: torch.Tensor, height: int, width: int, align_corners: bool) -> torch.Tensor:
+def sample_descriptors(
+    dense: torch.Tensor, coord: torch.Tensor, height: int, width: int, align_corners: bool
+) -> torch.Tensor:
     """Bilinearly sample a dense descriptor map at pixel coordinates and L2-normalise.
 
     dense: ``(B, D, h, w)``; coord: ``(B, 2, Hc, Wc)`` pixels of an ``height x width`` image.
     Returns ``(B, D, Hc, Wc)``. The pixel -> [-1, 1] mapping is the original's (u / ((W-1)/2) - 1).
     """
-    grid = torch.stack(
-        [coord[:, 0] / ((width - 1) / 2.0) - 1.0, coord[:, 1] / ((height - 1) / 2.0) - 1.0], dim=-1
-    )
+    grid = torch.stack([coord[:, 0] / ((width - 1) / 2.0) - 1.0, coord[:, 1] / ((height - 1) / 2.0) - 1.0], dim=-1)
     desc = F.grid_sample(dense, grid, align_corners=align_corners)
     return desc / torch.linalg.vector_norm(desc, dim=1, keepdim=True)
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_DIR = Path(os.environ.get("KP2D_REFERENCE_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures" / "kp2d_reference"))
+REFERENCE_DIR = Path(
+    os.environ.get("KP2D_REFERENCE_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures" / "kp2d_reference")
+)
 
 
 @pytest.fixture(scope="session")

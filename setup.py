@@ -1,0 +1,39 @@
+"""kp2d_ros (ament_python) and the kp2d_model library it wraps.
+
+`pip install .` gives the pure-PyTorch library `kp2d_model` and its command-line tools; colcon builds
+the same file as the ROS 2 package `kp2d_ros` (nodes run with `ros2 run kp2d_ros <name>`).
+"""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = "kp2d_ros"
+
+setup(
+    name=package_name,
+    version="0.1.0",
+    packages=find_packages(include=["kp2d_model", "kp2d_model.*", "kp2d_ros", "kp2d_ros.*"]),
+    package_data={"kp2d_model": ["weights/*.safetensors", "weights/*.json"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
+        ("share/" + package_name, ["package.xml"]),
+        ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
+        ("share/" + package_name + "/config", glob("config/*.yaml")),
+        ("share/" + package_name + "/config/train", glob("config/train/*.yaml")),
+    ],
+    python_requires=">=3.10",
+    install_requires=["setuptools"],
+    extras_require={"test": ["pytest"]},
+    zip_safe=False,
+    maintainer="kp2d developers",
+    maintainer_email="kp2d-maintainers@example.com",
+    description="KeyPointNet (KP2D) keypoints, descriptors and matches for ROS 2, and the kp2d_model library",
+    license="MIT",
+    entry_points={
+        "console_scripts": [
+            # kp2d_model command-line tools (no ROS needed)
+            # ROS 2 executables (`ros2 run kp2d_ros <name>`)
+        ],
+    },
+)
