@@ -33,6 +33,7 @@ setup(
     entry_points={
         "console_scripts": [
             # kp2d_model command-line tools (no ROS needed)
+            "kp2d-make-hpatches = kp2d_model.evaluation.synthetic:main",
             # ROS 2 executables (`ros2 run kp2d_ros <name>`)
         ],
     },

@@ -1,0 +1,1 @@
+"""HPatches evaluation: loader, metrics, driver, baselines, synthetic benchmark generator and plots."""
