@@ -1,0 +1,385 @@
+"""Read and write KeyPointNet checkpoints safely.
+
+Three formats are read by :func:`load_keypoint_net` / :func:`read_checkpoint`:
+
+1. **released KP2D** ``.ckpt`` (``v0.ckpt`` ... ``v4.ckpt``): a torch file holding
+   ``{'state_dict', 'config'}`` where ``config`` is a pickled yacs ``CfgNode``. It is read *without yacs*
+   through a restricted unpickler: only tensors, plain containers and the yacs node type may be named by
+   the pickle; anything else is refused with :class:`CheckpointError` before any of it runs.
+2. **project** ``.safetensors``: weights + JSON metadata (``format``, ``model_config``, ``provenance``) in
+   the safetensors header; one file, no pickle at all. Written by :func:`save_keypoint_net`.
+3. **trainer** ``.pt``: ``torch.save({"format": "kp2d-train-v1", "keypoint_net": ..., "io_net": ...,
+   "model_config": ..., "config": ..., ...})`` with plain containers only, read with torch's
+   ``weights_only=True`` loader.
+
+``model_config`` is a plain dict ``{"type": "KeypointNet" | "KeypointResnet", "use_color", "do_upsample",
+"do_cross", "with_drop"}`` (missing keys take the original KeypointNet defaults, all ``True``).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import pickle
+import struct
+import types
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from kp2d_model.networks import KeypointNet, KeypointResnet
+
+__all__ = [
+    "CheckpointError",
+    "LoadedCheckpoint",
+    "PROJECT_FORMAT",
+    "TRAINER_FORMAT",
+    "build_keypoint_net",
+    "default_checkpoint_path",
+    "load_keypoint_net",
+    "normalize_model_config",
+    "read_checkpoint",
+    "save_keypoint_net",
+]
+
+PROJECT_FORMAT = "kp2d-keypoint-net-v1"
+TRAINER_FORMAT = "kp2d-train-v1"
+RELEASED_FORMAT = "kp2d-released"
+
+NETWORK_TYPES = ("KeypointNet", "KeypointResnet")
+MODEL_CONFIG_DEFAULTS: dict[str, Any] = {
+    "type": "KeypointNet",
+    "use_color": True,
+    "do_upsample": True,
+    "do_cross": True,
+    "with_drop": True,
+}
+
+PathLike = str | os.PathLike
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read: missing, corrupt, unsafe, or not matching the network."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    """Everything read from a checkpoint file (tensors on the CPU).
+
+    ``format``: one of ``kp2d-released``, ``kp2d-keypoint-net-v1``, ``kp2d-train-v1``.
+    ``config``: the training configuration as plain containers (released: the yacs config; trainer: its
+    config; project: ``{}``). ``extra``: the trainer's other entries (io_net, optimizer, step, ...).
+    """
+
+    path: Path
+    format: str
+    state_dict: dict[str, torch.Tensor]
+    model_config: dict[str, Any]
+    provenance: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def default_checkpoint_path() -> Path:
+    """Where the bundled default model lives: ``kp2d_model/weights/kp2d_default.safetensors``."""
+    return Path(__file__).resolve().parent / "weights" / "kp2d_default.safetensors"
+
+
+# --- model configuration ---------------------------------------------------------------------------
+
+
+def normalize_model_config(model_config: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``model_config`` and fill in defaults; returns a new dict with exactly the known keys."""
+    if not isinstance(model_config, dict):
+        raise CheckpointError(f"model_config must be a dict, got {type(model_config).__name__}")
+    unknown = sorted(set(model_config) - set(MODEL_CONFIG_DEFAULTS))
+    if unknown:
+        raise CheckpointError(f"model_config has unknown key(s) {unknown}; allowed: {sorted(MODEL_CONFIG_DEFAULTS)}")
+    config = {**MODEL_CONFIG_DEFAULTS, **model_config}
+    if config["type"] not in NETWORK_TYPES:
+        raise CheckpointError(f"model_config['type'] must be one of {NETWORK_TYPES}, got {config['type']!r}")
+    for key in ("use_color", "do_upsample", "do_cross", "with_drop"):
+        if not isinstance(config[key], bool):
+            raise CheckpointError(f"model_config[{key!r}] must be a bool, got {config[key]!r}")
+    if config["type"] == "KeypointResnet" and not config["use_color"]:
+        raise CheckpointError("model_config: KeypointResnet takes 3-channel input; use_color=False is not supported")
+    return config
+
+
+def build_keypoint_net(model_config: dict[str, Any]) -> nn.Module:
+    """A freshly initialised KeypointNet / KeypointResnet (train mode) for ``model_config``.
+
+    KeypointResnet ignores ``do_upsample`` and ``do_cross`` (its layout is fixed, as in the original).
+    """
+    config = normalize_model_config(model_config)
+    if config["type"] == "KeypointResnet":
+        return KeypointResnet(with_drop=config["with_drop"])
+    return KeypointNet(
+        use_color=config["use_color"],
+        do_upsample=config["do_upsample"],
+        with_drop=config["with_drop"],
+        do_cross=config["do_cross"],
+    )
+
+
+def model_config_from_released(config: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``model_config`` from a released checkpoint's ``config.model.params``.
+
+    Unlike the original eval script (which builds *any* checkpoint whose params merely contain
+    ``keypoint_net_type`` as a ResNet), the type is KeypointResnet only when that key says so.
+    """
+    try:
+        params = config["model"]["params"]
+    except (KeyError, TypeError) as error:
+        raise CheckpointError(f"{path}: released checkpoint has no config.model.params") from error
+    net_type = params.get("keypoint_net_type", "KeypointNet") or "KeypointNet"
+    if net_type not in NETWORK_TYPES:
+        raise CheckpointError(
+            f"{path}: config.model.params.keypoint_net_type {net_type!r} is not one of {NETWORK_TYPES}"
+        )
+    model_config: dict[str, Any] = {"type": net_type}
+    if net_type == "KeypointNet":
+        for key in ("use_color", "do_upsample", "do_cross"):
+            if key in params:
+                model_config[key] = bool(params[key])
+    return normalize_model_config(model_config)
+
+
+# --- restricted unpickling of released checkpoints ------------------------------------------------
+
+
+class _ConfigNode(dict):
+    """Stand-in for ``yacs.config.CfgNode``: a plain dict; the pickled BUILD state is kept, never run."""
+
+    def __setstate__(self, state: Any) -> None:
+        self.pickled_state = state
+
+
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+    ("yacs.config", "CfgNode"): _ConfigNode,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("__builtin__", "set"): set,
+    ("__builtin__", "frozenset"): frozenset,
+}
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    def __init__(self, module: str, name: str):
+        super().__init__(f"{module}.{name}")
+        self.global_name = f"{module}.{name}"
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Resolves only the globals in ``_ALLOWED_GLOBALS``; torch resolves its storage types itself."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise _RefusedGlobal(module, name) from None
+
+
+def _restricted_load(file: Any, **kwargs: Any) -> Any:
+    return _RestrictedUnpickler(file, **kwargs).load()
+
+
+# A module-like object for ``torch.load(pickle_module=...)``: torch subclasses its ``Unpickler``.
+_restricted_pickle_module = types.SimpleNamespace(
+    Unpickler=_RestrictedUnpickler, load=_restricted_load, __name__="kp2d_restricted_pickle"
+)
+
+
+def _to_plain(value: Any) -> Any:
+    """yacs nodes / OrderedDicts / sets / tuples -> dicts and lists (YAML/JSON friendly); tensors kept."""
+    if isinstance(value, dict):
+        return {key: _to_plain(item) for key, item in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return sorted(_to_plain(item) for item in value)
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(item) for item in value]
+    return value
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+
+def _sniff(path: Path) -> str:
+    """``"zip"``, ``"safetensors"``, ``"legacy-torch"`` or raise CheckpointError."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(16)
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    if len(head) >= 9 and head[8:9] == b"{":
+        (header_size,) = struct.unpack("<Q", head[:8])
+        if header_size + 8 > size:
+            raise CheckpointError(
+                f"{path}: truncated safetensors file (header says {header_size} bytes, file is {size})"
+            )
+        return "safetensors"
+    if head[:2] == b"\x80\x02":
+        return "legacy-torch"
+    raise CheckpointError(
+        f"{path}: not a checkpoint (neither a torch file nor safetensors; first bytes {head[:8]!r}, size {size} bytes)"
+    )
+
+
+def _torch_load_safely(path: Path) -> Any:
+    """torch.load with torch's own weights-only loader, falling back to our restricted unpickler.
+
+    Both refuse anything outside their allow-lists before it runs; the fallback adds the yacs node type.
+    """
+    try:  # trainer files hold plain containers only: torch's own weights-only loader reads them
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass  # e.g. the yacs config of released checkpoints ("Unsupported global")
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: corrupt or truncated torch file ({type(error).__name__}: {error})") from error
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle_module)
+    except _RefusedGlobal as error:
+        raise CheckpointError(
+            f"{path}: refused to load: the pickle references {error.global_name!r}, which is not on the allow-list "
+            "(tensors, plain containers, yacs CfgNode); nothing from the file was executed"
+        ) from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as error:
+        raise CheckpointError(f"{path}: corrupt or truncated torch file ({type(error).__name__}: {error})") from error
+
+
+def _read_safetensors(path: Path) -> LoadedCheckpoint:
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            state_dict = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: corrupt safetensors file ({error})") from error
+    if metadata.get("format") != PROJECT_FORMAT:
+        raise CheckpointError(
+            f"{path}: safetensors metadata 'format' is {metadata.get('format')!r}, not {PROJECT_FORMAT!r}"
+        )
+    try:
+        model_config = json.loads(metadata["model_config"])
+        provenance = json.loads(metadata.get("provenance", "{}"))
+    except (KeyError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: safetensors metadata lacks valid JSON 'model_config' ({error})") from error
+    return LoadedCheckpoint(path, PROJECT_FORMAT, state_dict, normalize_model_config(model_config), provenance)
+
+
+def _from_torch_object(path: Path, obj: Any) -> LoadedCheckpoint:
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict at the top level, got {type(obj).__name__}")
+    if obj.get("format") == TRAINER_FORMAT:
+        for key in ("keypoint_net", "model_config"):
+            if key not in obj:
+                raise CheckpointError(f"{path}: trainer checkpoint lacks {key!r}")
+        extra = {key: value for key, value in obj.items() if key not in ("keypoint_net", "model_config", "config")}
+        provenance = {"format": TRAINER_FORMAT, "step": obj.get("step"), "epoch": obj.get("epoch")}
+        return LoadedCheckpoint(
+            path,
+            TRAINER_FORMAT,
+            dict(obj["keypoint_net"]),
+            normalize_model_config(dict(obj["model_config"])),
+            provenance,
+            _to_plain(obj.get("config") or {}),
+            extra,
+        )
+    if "state_dict" in obj and "config" in obj:
+        config = _to_plain(obj["config"])
+        model_config = model_config_from_released(config, path)
+        provenance = {"format": RELEASED_FORMAT, "source": str(path)}
+        return LoadedCheckpoint(path, RELEASED_FORMAT, dict(obj["state_dict"]), model_config, provenance, config)
+    raise CheckpointError(
+        f"{path}: unrecognised checkpoint layout (top-level keys {sorted(map(str, obj))}); expected a released "
+        f"KP2D checkpoint ('state_dict', 'config') or a trainer checkpoint (format {TRAINER_FORMAT!r})"
+    )
+
+
+def read_checkpoint(path: PathLike) -> LoadedCheckpoint:
+    """Read any of the three formats into a :class:`LoadedCheckpoint` (CPU tensors); no network built."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a regular file")
+    kind = _sniff(path)
+    if kind == "safetensors":
+        return _read_safetensors(path)
+    if kind == "zip" and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: corrupt or truncated torch zip file")
+    return _from_torch_object(path, _torch_load_safely(path))
+
+
+def check_state_dict(net: nn.Module, state_dict: dict[str, torch.Tensor], path: PathLike) -> None:
+    """Raise CheckpointError naming missing, unexpected and wrong-shape keys of ``state_dict`` for ``net``."""
+    expected = net.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    wrong_shape = [
+        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs network {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in state_dict and tuple(state_dict[key].shape) != tuple(value.shape)
+    ]
+    problems = []
+    if wrong_shape:
+        problems.append("wrong shape: " + "; ".join(wrong_shape[:5]))
+    if missing:
+        problems.append(f"missing keys: {missing[:5]}" + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""))
+    if unexpected:
+        problems.append(
+            f"unexpected keys: {unexpected[:5]}" + (f" (+{len(unexpected) - 5} more)" if len(unexpected) > 5 else "")
+        )
+    if problems:
+        raise CheckpointError(f"{path}: state_dict does not match {type(net).__name__}: " + " | ".join(problems))
+
+
+def load_keypoint_net(path: PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """Load a checkpoint (any of the three formats) into an eval-mode KeypointNet / KeypointResnet.
+
+    ``forward(x)`` on a normalised ``(B, 3, H, W)`` tensor returns ``(score, coord, desc)`` with the
+    original's eval-mode semantics. The network gets ``kp2d_model_config`` and ``kp2d_provenance``
+    attributes (plain dicts) describing what was loaded.
+    """
+    checkpoint = read_checkpoint(path)
+    net = build_keypoint_net(checkpoint.model_config)
+    check_state_dict(net, checkpoint.state_dict, checkpoint.path)
+    net.load_state_dict(checkpoint.state_dict, strict=True)
+    net.kp2d_model_config = checkpoint.model_config
+    net.kp2d_provenance = checkpoint.provenance
+    return net.to(device).eval()
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+
+def save_keypoint_net(path: PathLike, net: nn.Module, model_config: dict[str, Any], provenance: dict[str, Any]) -> None:
+    """Write ``net``'s weights + ``model_config`` + ``provenance`` (JSON-serialisable) as one .safetensors file.
+
+    The file is written next to ``path`` and renamed into place, so a crash never leaves half a file.
+    """
+    path = Path(path)
+    config = normalize_model_config(model_config)
+    check_state_dict(build_keypoint_net(config), net.state_dict(), f"save_keypoint_net({path})")
+    try:
+        metadata = {
+            "format": PROJECT_FORMAT,
+            "model_config": json.dumps(config, sort_keys=True),
+            "provenance": json.dumps(provenance, sort_keys=True),
+        }
+    except TypeError as error:
+        raise CheckpointError(f"save_keypoint_net({path}): provenance is not JSON-serialisable ({error})") from error
+    tensors = {key: value.detach().to("cpu").contiguous() for key, value in net.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(temporary), metadata=metadata)
+    os.replace(temporary, path)
