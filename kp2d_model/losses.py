@@ -102,8 +102,7 @@ def _descriptor_loss_and_recall(
         nearest = similarity.masked_fill(~pair_valid, lowest).argmax(dim=2)  # (B, N)
         nearest_pixels = warped_pixels.gather(1, nearest[..., None].expand(-1, -1, 2))
         correct = (nearest_pixels == warped_pixels).all(dim=2) & valid
-        recall = torch.where(used, correct.sum(dim=1) / counts.clamp(min=1), torch.zeros_like(counts, dtype=torch.float))
-        recall = recall.sum() / batch
+        recall = (correct.sum(dim=1) / counts.clamp(min=1) * used).sum() / batch
         if not with_loss:
             return similarity.new_zeros(()), recall
 
