@@ -2,6 +2,7 @@
 matching, losses, training and HPatches evaluation. No ROS import anywhere in this package."""
 
 from kp2d_model.checkpoint import CheckpointError, build_keypoint_net, load_keypoint_net, save_keypoint_net
+from kp2d_model.detector import Detections, KeypointDetector
 from kp2d_model.networks import InlierNet, KeypointNet, KeypointResnet
 
 __all__ = [
@@ -9,6 +10,8 @@ __all__ = [
     "build_keypoint_net",
     "load_keypoint_net",
     "save_keypoint_net",
+    "Detections",
+    "KeypointDetector",
     "InlierNet",
     "KeypointNet",
     "KeypointResnet",

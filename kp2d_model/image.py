@@ -41,9 +41,7 @@ def to_bgr(image: np.ndarray, channel_order: str = "bgr", name: str = "image") -
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
-        raise ImageFormatError(
-            f"{name}: expected shape H x W (grey), H x W x 3 or H x W x 4, got {tuple(image.shape)}"
-        )
+        raise ImageFormatError(f"{name}: expected shape H x W (grey), H x W x 3 or H x W x 4, got {tuple(image.shape)}")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ImageFormatError(f"{name}: empty image of shape {tuple(image.shape)}")
     if image.ndim == 2:

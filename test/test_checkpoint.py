@@ -83,7 +83,11 @@ def test_released_checkpoint_is_read_without_yacs(v4_path):
     params = checkpoint.config["model"]["params"]
     assert isinstance(params, dict) and params["with_io"] is True
     assert checkpoint.model_config == {
-        "type": "KeypointNet", "use_color": True, "do_upsample": True, "do_cross": True, "with_drop": True
+        "type": "KeypointNet",
+        "use_color": True,
+        "do_upsample": True,
+        "do_cross": True,
+        "with_drop": True,
     }
 
 
@@ -267,6 +271,7 @@ def test_legacy_torch_serialization_with_yacs_config_loads(tmp_path, monkeypatch
     monkeypatch.delitem(sys.modules, "yacs")
     assert not zipfile.is_zipfile(path)
     loaded = load_keypoint_net(path)
-    for expected, actual in zip(outputs(load_keypoint_net(v4_path), sample_input), outputs(loaded, sample_input),
-                                strict=True):
+    for expected, actual in zip(
+        outputs(load_keypoint_net(v4_path), sample_input), outputs(loaded, sample_input), strict=True
+    ):
         assert torch.equal(expected, actual)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from kp2d_model.checkpoint import load_keypoint_net
+from kp2d_model.detector import fuse_batchnorm
 from kp2d_model.image import image_to_tensor
 from kp2d_model.networks import InlierNet, KeypointNet, KeypointResnet
 
@@ -38,6 +39,33 @@ def test_loaded_checkpoint_reproduces_reference_outputs(loaded_nets, reference_o
         score, coord, desc = net(torch.from_numpy(reference_outputs[f"{prefix}_input"]))
     for name, actual in (("score", score), ("coord", coord), ("desc", desc)):
         assert max_abs_difference(actual, reference_outputs[f"{prefix}_{name}"]) < TOLERANCE, name
+
+
+@pytest.mark.parametrize(("version", "size"), CASES)
+def test_batchnorm_folded_inference_net_reproduces_reference_outputs(loaded_nets, reference_outputs, version, size):
+    prefix = f"{version}_{size}"
+    fused = fuse_batchnorm(loaded_nets[version])
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in fused.modules())
+    x = torch.from_numpy(reference_outputs[f"{prefix}_input"]).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        score, coord, desc = fused.to(memory_format=torch.channels_last)(x)
+    for name, actual in (("score", score), ("coord", coord), ("desc", desc)):
+        assert max_abs_difference(actual, reference_outputs[f"{prefix}_{name}"]) < TOLERANCE, name
+
+
+def test_batchnorm_folding_handles_keypoint_resnet():
+    torch.manual_seed(0)
+    net = KeypointResnet()
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # non-trivial running statistics
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    net.eval()
+    x = torch.randn(1, 3, 64, 96) * 0.1
+    with torch.inference_mode():
+        expected, actual = net(x), fuse_batchnorm(net)(x)
+    for name, e, a in zip(("score", "coord", "desc"), expected, actual, strict=True):
+        assert float((e - a).abs().max()) < TOLERANCE, name
 
 
 @pytest.mark.parametrize(("version", "size"), CASES)

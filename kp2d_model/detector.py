@@ -1,0 +1,276 @@
+"""KeypointDetector: images in -> keypoints (pixels of the input image), scores, descriptors out.
+
+Pipeline per image: any uint8 image (grey, BGR, RGB, BGRA) -> BGR (what the original evaluation fed the
+network) -> optional resize to ``input_size`` -> replicate-pad right/bottom to a multiple of the
+network's stride -> normalise -> network (BatchNorm folded into the convolutions, channels-last) ->
+one keypoint per cell -> optional cell NMS, ``score > score_threshold``, drop points in the padding ->
+``top_k`` by score -> descriptors sampled at the kept keypoints only -> coordinates mapped back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from kp2d_model.checkpoint import CheckpointError, default_checkpoint_path, load_keypoint_net
+from kp2d_model.image import ImageFormatError, normalize_image, to_bgr
+from kp2d_model.networks import KeypointResnet, sample_descriptors
+
+__all__ = ["Detections", "KeypointDetector", "fuse_batchnorm", "resolve_device"]
+
+
+@dataclass
+class Detections:
+    """Keypoints of one image, sorted by descending score.
+
+    keypoints: ``(N, 2)`` float32 pixels of the *input* image, x right, y down (pixel centres at integers).
+    scores: ``(N,)`` float32 in [0, 1]. descriptors: ``(N, D)`` float32, L2-normalised (D = 256 or 64).
+    image_size: ``(W, H)`` of the input image. Fields are torch tensors (detector's device) or NumPy
+    arrays (after :meth:`numpy`).
+    """
+
+    keypoints: Any
+    scores: Any
+    descriptors: Any
+    image_size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    def numpy(self) -> Detections:
+        """The same detections as NumPy arrays (float32) on the CPU."""
+
+        def as_numpy(value: Any) -> np.ndarray:
+            return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+        return Detections(as_numpy(self.keypoints), as_numpy(self.scores), as_numpy(self.descriptors), self.image_size)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def fuse_batchnorm(net: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``net`` with every BatchNorm folded into the convolution before it.
+
+    Handles ``Sequential(conv, bn, ...)`` pairs and ``convN``/``bnN`` attribute pairs (ResNet blocks);
+    dropout layers are removed. The copy has no train/eval-dependent layer left (checked).
+    Outputs match the unfused eval-mode network to float rounding.
+    """
+    fused = copy.deepcopy(net).eval()
+    for module in list(fused.modules()):
+        if isinstance(module, nn.Sequential):
+            for i in range(len(module) - 1):
+                if isinstance(module[i], nn.Conv2d) and isinstance(module[i + 1], nn.BatchNorm2d):
+                    module[i] = fuse_conv_bn_eval(module[i], module[i + 1])
+                    module[i + 1] = nn.Identity()
+        for index in (1, 2, 3):
+            conv, bn = getattr(module, f"conv{index}", None), getattr(module, f"bn{index}", None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                setattr(module, f"conv{index}", fuse_conv_bn_eval(conv, bn))
+                setattr(module, f"bn{index}", nn.Identity())
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.Dropout2d | nn.Dropout):
+                setattr(module, name, nn.Identity())
+    leftovers = [
+        name for name, m in fused.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm | nn.Dropout2d)
+    ]
+    if leftovers:
+        raise TypeError(f"fuse_batchnorm: could not fold/remove {leftovers[:5]} of {type(net).__name__}")
+    return fused
+
+
+def _half_dtype(half: bool | str) -> torch.dtype | None:
+    if half is False or half is None:
+        return None
+    if half is True or half == "fp16":
+        return torch.float16
+    if half == "bf16":
+        return torch.bfloat16
+    raise ValueError(f"half must be False, True, 'fp16' or 'bf16', got {half!r}")
+
+
+@dataclass
+class _Prepared:
+    """One image ready for the network: padded BGR array + how to map coordinates back."""
+
+    padded: np.ndarray  # Hp x Wp x 3 uint8 BGR
+    valid_size: tuple[int, int]  # (w, h) of the resized/unpadded content inside ``padded``
+    input_size: tuple[int, int]  # (W, H) of the caller's image
+
+
+class KeypointDetector:
+    """KeyPointNet keypoint detector and descriptor.
+
+    Args:
+        checkpoint: a checkpoint path (released ``.ckpt``, project ``.safetensors``, trainer ``.pt``), a
+            loaded KeypointNet/KeypointResnet module, or None for the bundled default model.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:0"``, ...
+        top_k: keep at most this many keypoints per image (None or <= 0: all).
+        score_threshold: keep keypoints with ``score > score_threshold`` (0 drops the zeroed border cells).
+        nms_radius: cell-level non-maximum suppression radius in cells (0: off), max-pool based.
+        half: ``True``/``"fp16"`` or ``"bf16"``: autocast on CUDA (ignored with a warning on the CPU).
+        input_size: ``(W, H)``: resize every image to this size first (coordinates still reported in the
+            input image's pixels); None: run at the native size, padded to the network's stride.
+
+    Call with one ``H x W x 3`` uint8 image (BGR by default; ``channel_order="rgb"`` for RGB; grey
+    ``H x W`` and 4-channel BGRA/RGBA accepted) -> :class:`Detections`, or a list of images -> a list.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike | nn.Module | None = None,
+        device: str | torch.device = "auto",
+        top_k: int | None = 1000,
+        score_threshold: float = 0.0,
+        nms_radius: int = 0,
+        half: bool | str = False,
+        input_size: tuple[int, int] | None = None,
+    ):
+        self.device = resolve_device(device)
+        if isinstance(checkpoint, nn.Module):
+            network = checkpoint.to(self.device).eval()
+        else:
+            if checkpoint is None:
+                checkpoint = default_checkpoint_path()
+                if not checkpoint.is_file():
+                    raise CheckpointError(
+                        f"no default model bundled yet ({checkpoint} does not exist); pass a checkpoint, e.g. "
+                        "KeypointDetector(checkpoint='v4.ckpt') (released KP2D .ckpt, project .safetensors "
+                        "or trainer .pt)"
+                    )
+            network = load_keypoint_net(checkpoint, device=self.device)
+        if nms_radius < 0 or int(nms_radius) != nms_radius:
+            raise ValueError(f"nms_radius must be a non-negative integer (cells), got {nms_radius!r}")
+        if input_size is not None and (len(input_size) != 2 or any(int(v) != v or v < 1 for v in input_size)):
+            raise ValueError(f"input_size must be (width, height) in pixels, got {input_size!r}")
+        self.network = network
+        self.top_k = top_k
+        self.score_threshold = float(score_threshold)
+        self.nms_radius = int(nms_radius)
+        self.input_size = None if input_size is None else (int(input_size[0]), int(input_size[1]))
+        self.half_dtype = _half_dtype(half)
+        if self.half_dtype is not None and self.device.type != "cuda":
+            warnings.warn("KeypointDetector: half precision is only used on CUDA; running float32", stacklevel=2)
+            self.half_dtype = None
+        self.stride = 32 if isinstance(network, KeypointResnet) else 8
+        self.align_corners = not isinstance(network, KeypointResnet)
+        # BatchNorm folded, dropout removed: no train/eval-dependent layer is left, so the train-mode forward
+        # is the eval computation returning the *dense* descriptor map, sampled below at kept keypoints only.
+        self._dense_net = fuse_batchnorm(network).to(memory_format=torch.channels_last).train()
+
+    @property
+    def descriptor_dim(self) -> int:
+        return int(self.network.descriptor_dim)
+
+    # --- public calls ------------------------------------------------------------------------------
+
+    def __call__(
+        self, images: np.ndarray | Sequence[np.ndarray], channel_order: str = "bgr"
+    ) -> Detections | list[Detections]:
+        if isinstance(images, np.ndarray):
+            return self.detect_batch([images], channel_order)[0]
+        if not isinstance(images, Sequence):
+            raise ImageFormatError(f"expected an image array or a list of them, got {type(images).__name__}")
+        return self.detect_batch(list(images), channel_order)
+
+    def detect_batch(self, images: list[np.ndarray], channel_order: str = "bgr") -> list[Detections]:
+        """Detect in several images; images of the same (padded) size run as one network batch."""
+        prepared = [self._prepare(to_bgr(image, channel_order, name=f"images[{i}]")) for i, image in enumerate(images)]
+        results: list[Detections | None] = [None] * len(prepared)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, item in enumerate(prepared):
+            groups.setdefault(item.padded.shape, []).append(index)
+        for indices in groups.values():
+            for index, detections in zip(indices, self._detect_group([prepared[i] for i in indices]), strict=True):
+                results[index] = detections
+        return results  # type: ignore[return-value]
+
+    # --- steps -------------------------------------------------------------------------------------
+
+    def _prepare(self, image_bgr: np.ndarray) -> _Prepared:
+        height, width = image_bgr.shape[:2]
+        resized = image_bgr
+        if self.input_size is not None and self.input_size != (width, height):
+            resized = cv2.resize(image_bgr, self.input_size, interpolation=cv2.INTER_LINEAR)
+        h, w = resized.shape[:2]
+        pad_h, pad_w = -h % self.stride, -w % self.stride
+        padded = resized
+        if pad_h or pad_w:
+            padded = cv2.copyMakeBorder(resized, 0, pad_h, 0, pad_w, cv2.BORDER_REPLICATE)
+        return _Prepared(padded, (w, h), (width, height))
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.half_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.half_dtype)
+
+    def run_dense(self, batch_bgr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(B, H, W, 3)`` uint8 BGR, H and W multiples of the stride -> float32 (score, coord, dense map)."""
+        tensor = torch.from_numpy(batch_bgr).to(self.device, non_blocking=True)
+        tensor = tensor.permute(0, 3, 1, 2).float().div_(255.0)
+        tensor = normalize_image(tensor).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), self._autocast():
+            score, coord, dense = self._dense_net(tensor)
+        return score.float(), coord.float(), dense.float()
+
+    def _detect_group(self, items: list[_Prepared]) -> list[Detections]:
+        batch = np.stack([item.padded for item in items])
+        padded_h, padded_w = batch.shape[1:3]
+        score, coord, dense = self.run_dense(batch)
+        with torch.inference_mode():
+            keep = score > self.score_threshold
+            if self.nms_radius > 0:
+                size = 2 * self.nms_radius + 1
+                keep &= score == F.max_pool2d(score, size, stride=1, padding=self.nms_radius)
+            return [
+                self._select(score[b, 0], coord[b], keep[b, 0], dense[b : b + 1], item, padded_h, padded_w)
+                for b, item in enumerate(items)
+            ]
+
+    def _select(
+        self,
+        score: torch.Tensor,
+        coord: torch.Tensor,
+        keep: torch.Tensor,
+        dense: torch.Tensor,
+        item: _Prepared,
+        padded_h: int,
+        padded_w: int,
+    ) -> Detections:
+        """score/keep ``(Hc, Wc)``, coord ``(2, Hc, Wc)``, dense ``(1, D, h, w)`` -> Detections of one image."""
+        valid_w, valid_h = item.valid_size
+        keep = keep & (coord[0] <= valid_w - 1) & (coord[1] <= valid_h - 1)  # drop points in the padding
+        scores = score[keep]
+        points = coord[:, keep].T  # (N, 2) x, y in network-input pixels
+        if self.top_k is not None and 0 < self.top_k < scores.shape[0]:
+            scores, order = torch.topk(scores, self.top_k, sorted=True)
+        else:
+            scores, order = torch.sort(scores, descending=True, stable=True)
+        points = points[order]
+        if points.shape[0]:
+            grid = points.T.reshape(1, 2, 1, -1)
+            descriptors = sample_descriptors(dense, grid, padded_h, padded_w, self.align_corners)[0, :, 0].T
+        else:
+            descriptors = dense.new_zeros((0, dense.shape[1]))
+        input_w, input_h = item.input_size
+        if (valid_w, valid_h) != (input_w, input_h):  # resized: pixel-centre aligned, as cv2.resize samples
+            scale = points.new_tensor([input_w / valid_w, input_h / valid_h])
+            points = (points + 0.5) * scale - 0.5
+            points = torch.minimum(points.clamp_min(0), points.new_tensor([input_w - 1, input_h - 1]))
+        return Detections(points.contiguous(), scores.contiguous(), descriptors.contiguous(), (input_w, input_h))

@@ -1,0 +1,194 @@
+"""KeypointDetector: coordinates in input pixels, channel orders, filtering, batching and input checks."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+import torch
+
+import kp2d_model.detector as detector_module
+from kp2d_model.checkpoint import CheckpointError, load_keypoint_net
+from kp2d_model.detector import Detections, KeypointDetector
+from kp2d_model.image import ImageFormatError, image_to_tensor
+
+ODD_HEIGHT, ODD_WIDTH = 251, 333
+
+
+@pytest.fixture(scope="module")
+def checkpoint_path(reference_dir):
+    return reference_dir / "v4_reference.ckpt"
+
+
+@pytest.fixture(scope="module")
+def raw_net(checkpoint_path):
+    return load_keypoint_net(checkpoint_path)
+
+
+@pytest.fixture(scope="module")
+def detector(checkpoint_path):
+    return KeypointDetector(checkpoint_path, device="cpu", top_k=None)
+
+
+@pytest.fixture(scope="module")
+def photo_bgr():
+    """A real photo (skimage's astronaut), BGR, cropped to an odd size (not a multiple of 8)."""
+    rgb = skimage.data.astronaut()[100 : 100 + ODD_HEIGHT, 90 : 90 + ODD_WIDTH]
+    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def raw_detections(net, image_bgr: np.ndarray, valid_w: int, valid_h: int):
+    """The unfused eval-mode network on an already padded/resized BGR image: (xy (N,2), score (N,), desc (N,D))."""
+    with torch.inference_mode():
+        score, coord, desc = net(image_to_tensor(image_bgr))
+    xy = coord[0].reshape(2, -1).T
+    flat_score = score[0, 0].reshape(-1)
+    flat_desc = desc[0].reshape(desc.shape[1], -1).T
+    keep = (flat_score > 0) & (xy[:, 0] <= valid_w - 1) & (xy[:, 1] <= valid_h - 1)
+    return xy[keep], flat_score[keep], flat_desc[keep]
+
+
+def assert_same_detections(found: Detections, xy: torch.Tensor, score: torch.Tensor, desc: torch.Tensor):
+    """Every detection equals one raw cell (nearest coordinates), and the counts agree."""
+    assert len(found) == score.shape[0] > 100
+    distance = torch.cdist(found.keypoints.double(), xy.double())
+    nearest = distance.argmin(dim=1)
+    assert float(distance.min(dim=1).values.max()) < 1e-3
+    assert len(set(nearest.tolist())) == len(found)
+    assert torch.allclose(found.scores, score[nearest], atol=1e-4)
+    assert torch.allclose(found.descriptors, desc[nearest], atol=1e-3)
+
+
+def test_odd_size_image_is_padded_and_coordinates_are_input_pixels(detector, raw_net, photo_bgr):
+    found = detector(photo_bgr)
+    assert found.image_size == (ODD_WIDTH, ODD_HEIGHT)
+    padded = cv2.copyMakeBorder(photo_bgr, 0, 256 - ODD_HEIGHT, 0, 336 - ODD_WIDTH, cv2.BORDER_REPLICATE)
+    assert_same_detections(found, *raw_detections(raw_net, padded, ODD_WIDTH, ODD_HEIGHT))
+    assert float(found.keypoints[:, 0].max()) <= ODD_WIDTH - 1 and float(found.keypoints[:, 1].max()) <= ODD_HEIGHT - 1
+
+
+def test_resized_input_maps_coordinates_back_to_input_pixels(checkpoint_path, raw_net, photo_bgr):
+    detector = KeypointDetector(checkpoint_path, device="cpu", top_k=None, input_size=(320, 240))
+    found = detector(photo_bgr)
+    assert found.image_size == (ODD_WIDTH, ODD_HEIGHT)
+    resized = cv2.resize(photo_bgr, (320, 240), interpolation=cv2.INTER_LINEAR)
+    xy, score, desc = raw_detections(raw_net, resized, 320, 240)
+    scale = torch.tensor([ODD_WIDTH / 320, ODD_HEIGHT / 240])
+    xy_input = ((xy + 0.5) * scale - 0.5).clamp_min(0)
+    xy_input = torch.minimum(xy_input, torch.tensor([ODD_WIDTH - 1.0, ODD_HEIGHT - 1.0]))
+    assert_same_detections(found, xy_input, score, desc)
+
+
+def test_rgb_with_rgb_channel_order_equals_the_bgr_image(detector, photo_bgr):
+    from_bgr = detector(photo_bgr)
+    from_rgb = detector(np.ascontiguousarray(photo_bgr[:, :, ::-1]), channel_order="rgb")
+    assert torch.equal(from_bgr.keypoints, from_rgb.keypoints)
+    assert torch.equal(from_bgr.descriptors, from_rgb.descriptors)
+
+
+def test_channel_order_matters_for_colour_images(detector, photo_bgr):
+    swapped = detector(photo_bgr, channel_order="rgb")
+    assert not torch.equal(detector(photo_bgr).scores[:50], swapped.scores[:50])
+
+
+def test_bgra_input_drops_alpha(detector, photo_bgr):
+    bgra = cv2.cvtColor(photo_bgr, cv2.COLOR_BGR2BGRA)
+    bgra[:, :, 3] = np.arange(ODD_WIDTH, dtype=np.uint8)[None, :]
+    assert torch.equal(detector(bgra).descriptors, detector(photo_bgr).descriptors)
+
+
+def test_grey_input_equals_grey_replicated_to_three_channels(detector, photo_bgr):
+    grey = cv2.cvtColor(photo_bgr, cv2.COLOR_BGR2GRAY)
+    from_grey = detector(grey)
+    from_grey_hw1 = detector(grey[:, :, None])
+    from_grey_bgr = detector(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR))
+    assert torch.equal(from_grey.keypoints, from_grey_bgr.keypoints)
+    assert torch.equal(from_grey_hw1.descriptors, from_grey_bgr.descriptors)
+
+
+def test_nothing_above_threshold_gives_empty_detections_with_correct_shapes(checkpoint_path, photo_bgr):
+    found = KeypointDetector(checkpoint_path, device="cpu", score_threshold=1.0)(photo_bgr)
+    assert len(found) == 0
+    assert tuple(found.keypoints.shape) == (0, 2) and tuple(found.scores.shape) == (0,)
+    assert tuple(found.descriptors.shape) == (0, 256)
+    as_numpy = found.numpy()
+    assert as_numpy.keypoints.dtype == np.float32 and as_numpy.descriptors.shape == (0, 256)
+
+
+def test_batch_call_equals_single_calls(detector, photo_bgr):
+    flipped = np.ascontiguousarray(photo_bgr[::-1])
+    other_size = np.ascontiguousarray(photo_bgr[:200, :300])
+    batch = detector([photo_bgr, other_size, flipped])
+    assert isinstance(batch, list) and len(batch) == 3
+    for image, found in zip([photo_bgr, other_size, flipped], batch, strict=True):
+        single = detector(image)
+        assert found.image_size == single.image_size and len(found) == len(single)
+        assert torch.allclose(found.keypoints, single.keypoints, atol=1e-3)
+        assert torch.allclose(found.scores, single.scores, atol=1e-5)
+        assert torch.allclose(found.descriptors, single.descriptors, atol=1e-4)
+
+
+def test_top_k_keeps_the_best_scores_sorted_with_unit_descriptors(checkpoint_path, detector, photo_bgr):
+    everything = detector(photo_bgr)
+    best = KeypointDetector(checkpoint_path, device="cpu", top_k=100)(photo_bgr)
+    assert len(best) == 100
+    assert torch.all(best.scores[:-1] >= best.scores[1:])
+    assert torch.allclose(best.scores, everything.scores[:100])
+    assert best.keypoints.dtype == best.scores.dtype == best.descriptors.dtype == torch.float32
+    assert torch.allclose(torch.linalg.vector_norm(best.descriptors, dim=1), torch.ones(100), atol=1e-5)
+
+
+def test_nms_keeps_exactly_the_local_maxima_of_the_cell_scores(checkpoint_path, detector, photo_bgr):
+    radius = 1
+    with_nms = KeypointDetector(checkpoint_path, device="cpu", top_k=None, nms_radius=radius)(photo_bgr)
+    padded = cv2.copyMakeBorder(photo_bgr, 0, 256 - ODD_HEIGHT, 0, 336 - ODD_WIDTH, cv2.BORDER_REPLICATE)
+    score, coord, _ = detector.run_dense(padded[None])
+    score, coord = score[0, 0].numpy(), coord[0].numpy()
+    expected = 0
+    for row in range(score.shape[0]):
+        for col in range(score.shape[1]):
+            window = score[max(row - radius, 0) : row + radius + 1, max(col - radius, 0) : col + radius + 1]
+            inside = coord[0, row, col] <= ODD_WIDTH - 1 and coord[1, row, col] <= ODD_HEIGHT - 1
+            expected += bool(score[row, col] > 0 and score[row, col] >= window.max() and inside)
+    assert len(with_nms) == expected
+    assert expected < len(detector(photo_bgr)) / 2
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (np.zeros((64, 64, 3), dtype=np.float32), "dtype uint8"),
+        (np.zeros((0, 64, 3), dtype=np.uint8), "empty"),
+        (np.zeros((64, 64, 5), dtype=np.uint8), "64, 64, 5"),
+        (np.zeros((2, 64, 64, 3), dtype=np.uint8), "shape"),
+        ([[1, 2], [3, 4]], "images\\[0\\]"),
+    ],
+)
+def test_bad_images_raise_clear_errors(detector, image, message):
+    with pytest.raises(ImageFormatError, match=message):
+        detector(image)
+
+
+def test_unknown_channel_order_is_rejected(detector, photo_bgr):
+    with pytest.raises(ImageFormatError, match="channel_order"):
+        detector(photo_bgr, channel_order="bgra")
+
+
+def test_missing_default_model_tells_how_to_pass_a_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(detector_module, "default_checkpoint_path", lambda: tmp_path / "kp2d_default.safetensors")
+    with pytest.raises(CheckpointError, match="pass a checkpoint"):
+        KeypointDetector()
+
+
+def test_loaded_module_can_be_passed_instead_of_a_path(raw_net, detector, photo_bgr):
+    assert torch.equal(
+        KeypointDetector(raw_net, device="cpu", top_k=None)(photo_bgr).scores, detector(photo_bgr).scores
+    )
+
+
+def test_numpy_detections_match_the_tensors(detector, photo_bgr):
+    found = detector(photo_bgr)
+    as_numpy = found.numpy()
+    assert isinstance(as_numpy.keypoints, np.ndarray) and as_numpy.image_size == found.image_size
+    np.testing.assert_array_equal(as_numpy.descriptors, found.descriptors.numpy())
