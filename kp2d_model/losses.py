@@ -222,8 +222,8 @@ def kp2d_loss(
     keypoint_net: a KeypointNet / KeypointResnet in train mode (it must return the dense descriptor map).
     io_net: an InlierNet, required when ``with_io``. batch: ``image``, ``image_aug`` ``(B, 3, H, W)`` RGB in [0, 1]
     (normalised here) and ``homography`` ``(B, 3, 3)`` mapping normalised coordinates of ``image_aug`` to ``image``.
-    Returns 0-d tensors ``location``, ``descriptor`` (x2 included), ``score``, ``io`` (each weighted), ``total``
-    (their sum, with gradient) and ``recall`` (no gradient).
+    Returns 0-d tensors ``location``, ``descriptor`` (x2 included), ``score``, ``io`` (each weighted, detached for
+    logging), ``total`` (their sum, the only one with gradient) and ``recall`` (no gradient).
     """
     if io_cells not in ("lowest", "highest"):
         raise ValueError(f"kp2d_loss: io_cells must be 'lowest' or 'highest', got {io_cells!r}")
@@ -311,4 +311,5 @@ def kp2d_loss(
         io = location.new_zeros(())
 
     total = location + descriptor + score + io
-    return {"location": location, "descriptor": descriptor, "score": score, "io": io, "total": total, "recall": recall}
+    terms = {"location": location, "descriptor": descriptor, "score": score, "io": io}
+    return {**{name: value.detach() for name, value in terms.items()}, "total": total, "recall": recall}
