@@ -1,0 +1,155 @@
+"""Descriptor matching (nearest neighbour, mutual check, ratio test) and geometric verification (OpenCV).
+
+``match_descriptors`` works on torch tensors (any device; results on the same device) or NumPy arrays
+(results as NumPy). ``verify_geometry`` fits a homography or fundamental matrix with OpenCV's USAC or
+RANSAC and returns the inlier mask; too few points or a failed fit give ``(None, all-False mask)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+__all__ = ["Matches", "MatchingError", "match_descriptors", "verify_geometry"]
+
+MIN_POINTS = {"homography": 4, "fundamental": 8}
+METHODS = {"usac": cv2.USAC_DEFAULT, "ransac": cv2.RANSAC}
+
+
+class MatchingError(ValueError):
+    """Inputs to matching / geometric verification with the wrong type, shape or values."""
+
+
+@dataclass
+class Matches:
+    """Matched pairs ``desc_a[index_a[i]] <-> desc_b[index_b[i]]``, sorted by ``index_a``.
+
+    index_a, index_b: ``(M,)`` int64; distance: ``(M,)`` float32 L2 distance between the descriptors.
+    Torch tensors on the inputs' device, or NumPy arrays when NumPy was given.
+    """
+
+    index_a: Any
+    index_b: Any
+    distance: Any
+
+    def __len__(self) -> int:
+        return int(self.index_a.shape[0])
+
+
+def _as_descriptor_tensor(desc: Any, name: str) -> torch.Tensor:
+    if isinstance(desc, np.ndarray):
+        desc = torch.from_numpy(np.ascontiguousarray(desc))
+    if not isinstance(desc, torch.Tensor):
+        raise MatchingError(f"{name}: expected a torch tensor or NumPy array, got {type(desc).__name__}")
+    if desc.ndim != 2:
+        raise MatchingError(f"{name}: expected shape (N, D), got {tuple(desc.shape)}")
+    if not desc.is_floating_point():
+        raise MatchingError(f"{name}: expected floating-point descriptors, got {desc.dtype}")
+    return desc
+
+
+def match_descriptors(
+    desc_a: Any,
+    desc_b: Any,
+    mutual: bool = True,
+    ratio: float | None = None,
+    max_distance: float | None = None,
+) -> Matches:
+    """Match ``desc_a (N, D)`` to ``desc_b (M, D)`` by nearest neighbour in L2 distance.
+
+    mutual: keep a pair only if each is the other's nearest neighbour (cross-check).
+    ratio: Lowe's ratio test, keep if ``d1 < ratio * d2`` (d2: second-nearest in ``desc_b``; a match with
+        no second candidate passes). max_distance: keep if ``d1 <= max_distance``.
+    """
+    numpy_in = isinstance(desc_a, np.ndarray)
+    if numpy_in != isinstance(desc_b, np.ndarray):
+        raise MatchingError("desc_a and desc_b must both be NumPy arrays or both torch tensors")
+    a = _as_descriptor_tensor(desc_a, "desc_a")
+    b = _as_descriptor_tensor(desc_b, "desc_b")
+    if a.shape[1] != b.shape[1]:
+        raise MatchingError(f"descriptor sizes differ: desc_a has D={a.shape[1]}, desc_b has D={b.shape[1]}")
+    if a.device != b.device:
+        raise MatchingError(f"desc_a is on {a.device} but desc_b on {b.device}")
+    if ratio is not None and not 0 < ratio <= 1:
+        raise MatchingError(f"ratio must be in (0, 1], got {ratio}")
+
+    with torch.inference_mode():
+        if a.shape[0] == 0 or b.shape[0] == 0:
+            index_a = torch.zeros(0, dtype=torch.int64, device=a.device)
+            index_b, distance = index_a.clone(), torch.zeros(0, dtype=torch.float32, device=a.device)
+        else:
+            distances = torch.cdist(a.float()[None], b.float()[None], compute_mode="use_mm_for_euclid_dist")[0]
+            nearest = torch.topk(distances, k=min(2, b.shape[0]), dim=1, largest=False, sorted=True)
+            index_a = torch.arange(a.shape[0], device=a.device)
+            index_b = nearest.indices[:, 0]
+            distance = nearest.values[:, 0]
+            keep = torch.ones_like(index_a, dtype=torch.bool)
+            if mutual:
+                keep &= distances.argmin(dim=0)[index_b] == index_a
+            if ratio is not None and b.shape[0] > 1:
+                keep &= distance < ratio * nearest.values[:, 1]
+            if max_distance is not None:
+                keep &= distance <= max_distance
+            index_a, index_b, distance = index_a[keep], index_b[keep], distance[keep]
+    if numpy_in:
+        return Matches(index_a.numpy(), index_b.numpy(), distance.numpy())
+    return Matches(index_a.clone(), index_b.clone(), distance.clone())
+
+
+def _as_points(points: Any, name: str) -> np.ndarray:
+    array = points.detach().cpu().numpy() if isinstance(points, torch.Tensor) else np.asarray(points)
+    if array.ndim != 2 or array.shape[1] != 2:
+        raise MatchingError(f"{name}: expected shape (N, 2) pixel coordinates, got {tuple(array.shape)}")
+    array = array.astype(np.float64)
+    if not np.isfinite(array).all():
+        raise MatchingError(f"{name}: contains NaN or infinite coordinates")
+    return array
+
+
+def verify_geometry(
+    points_a: Any,
+    points_b: Any,
+    model: str = "homography",
+    threshold: float = 3.0,
+    method: str = "usac",
+    confidence: float = 0.999,
+    max_iters: int = 5000,
+) -> tuple[Any, Any]:
+    """Fit ``model`` ("homography" or "fundamental") to ``points_a (N, 2) -> points_b (N, 2)`` pixels.
+
+    threshold: inlier reprojection / epipolar distance in pixels. method: ``"usac"`` (OpenCV USAC_DEFAULT)
+    or ``"ransac"``. Returns ``(matrix (3, 3) float64 or None, inlier mask (N,) bool)``; torch tensors in
+    give torch tensors out (on the points' device), else NumPy. Fewer than 4 (homography) / 8
+    (fundamental) points, or no model found: ``(None, all-False mask)``.
+    """
+    if model not in MIN_POINTS:
+        raise MatchingError(f"model must be one of {sorted(MIN_POINTS)}, got {model!r}")
+    if method not in METHODS:
+        raise MatchingError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    a, b = _as_points(points_a, "points_a"), _as_points(points_b, "points_b")
+    if a.shape[0] != b.shape[0]:
+        raise MatchingError(f"points_a has {a.shape[0]} points but points_b has {b.shape[0]}")
+
+    matrix: np.ndarray | None = None
+    mask = np.zeros(a.shape[0], dtype=bool)
+    if a.shape[0] >= MIN_POINTS[model]:
+        if model == "homography":
+            found, inliers = cv2.findHomography(
+                a, b, METHODS[method], threshold, maxIters=max_iters, confidence=confidence
+            )
+        else:
+            found, inliers = cv2.findFundamentalMat(a, b, METHODS[method], threshold, confidence, max_iters)
+        if found is not None and found.shape == (3, 3) and inliers is not None:
+            matrix, mask = found, inliers.reshape(-1).astype(bool)
+
+    if isinstance(points_a, torch.Tensor):
+        device = points_a.device
+        return (
+            None if matrix is None else torch.from_numpy(matrix).to(device),
+            torch.from_numpy(mask).to(device),
+        )
+    return matrix, mask
