@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -190,3 +192,16 @@ def test_cli_defaults_to_the_held_out_photos(tmp_path: Path) -> None:
     sequences = sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir())
     assert "i_astronaut" in sequences and "i_rocket" in sequences
     assert all(name.startswith("i_") for name in sequences)
+
+
+@pytest.mark.integration
+def test_installed_console_script_runs(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "kp2d-make-hpatches"
+    if not script.is_file():
+        pytest.skip(f"{script} is not installed (pip install --no-deps --no-build-isolation -e .)")
+    photos = copy_photos(tmp_path / "photos", "coffee.png")
+    command = [str(script), "--images", str(photos), "--out", str(tmp_path / "out"), "--size", "160x120"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "wrote 2 sequences from 1 photos" in done.stdout
+    assert (tmp_path / "out" / "i_coffee" / "H_1_6").read_text() == "1 0 0\n0 1 0\n0 0 1\n"
