@@ -82,16 +82,19 @@ def match_descriptors(
             index_a = torch.zeros(0, dtype=torch.int64, device=a.device)
             index_b, distance = index_a.clone(), torch.zeros(0, dtype=torch.float32, device=a.device)
         else:
-            distances = torch.cdist(a.float()[None], b.float()[None], compute_mode="use_mm_for_euclid_dist")[0]
-            nearest = torch.topk(distances, k=min(2, b.shape[0]), dim=1, largest=False, sorted=True)
+            a, b = a.float(), b.float()
+            # Squared L2 distances via one matrix product; square roots only for the selected neighbours.
+            squared = (a * a).sum(1, keepdim=True) + (b * b).sum(1) - 2.0 * (a @ b.T)
+            nearest = torch.topk(squared, k=min(2, b.shape[0]), dim=1, largest=False, sorted=True)
+            nearest_distances = nearest.values.clamp_min(0).sqrt()
             index_a = torch.arange(a.shape[0], device=a.device)
             index_b = nearest.indices[:, 0]
-            distance = nearest.values[:, 0]
+            distance = nearest_distances[:, 0]
             keep = torch.ones_like(index_a, dtype=torch.bool)
             if mutual:
-                keep &= distances.argmin(dim=0)[index_b] == index_a
+                keep &= squared.argmin(dim=0)[index_b] == index_a
             if ratio is not None and b.shape[0] > 1:
-                keep &= distance < ratio * nearest.values[:, 1]
+                keep &= distance < ratio * nearest_distances[:, 1]
             if max_distance is not None:
                 keep &= distance <= max_distance
             index_a, index_b, distance = index_a[keep], index_b[keep], distance[keep]
