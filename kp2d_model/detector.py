@@ -109,7 +109,7 @@ def _half_dtype(half: bool | str) -> torch.dtype | None:
 class _Prepared:
     """One image ready for the network: padded BGR array + how to map coordinates back."""
 
-    padded: np.ndarray  # Hp x Wp x 3 uint8 BGR
+    padded: np.ndarray  # Hp x Wp x 3 uint8 BGR (Hp x Wp x 1 grey for 1-channel networks)
     valid_size: tuple[int, int]  # (w, h) of the resized/unpadded content inside ``padded``
     input_size: tuple[int, int]  # (W, H) of the caller's image
 
@@ -169,6 +169,7 @@ class KeypointDetector:
             warnings.warn("KeypointDetector: half precision is only used on CUDA; running float32", stacklevel=2)
             self.half_dtype = None
         self.stride = 32 if isinstance(network, KeypointResnet) else 8
+        self.grey_input = not getattr(network, "use_color", True)  # 1-channel networks get cv2 BGR2GRAY
         self.align_corners = not isinstance(network, KeypointResnet)
         # BatchNorm folded, dropout removed: no train/eval-dependent layer is left, so the train-mode forward
         # is the eval computation returning the *dense* descriptor map, sampled below at kept keypoints only.
@@ -213,6 +214,8 @@ class KeypointDetector:
         padded = resized
         if pad_h or pad_w:
             padded = cv2.copyMakeBorder(resized, 0, pad_h, 0, pad_w, cv2.BORDER_REPLICATE)
+        if self.grey_input:
+            padded = cv2.cvtColor(padded, cv2.COLOR_BGR2GRAY)[:, :, None]
         return _Prepared(padded, (w, h), (width, height))
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -221,7 +224,8 @@ class KeypointDetector:
         return torch.autocast(device_type=self.device.type, dtype=self.half_dtype)
 
     def run_dense(self, batch_bgr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(B, H, W, 3)`` uint8 BGR, H and W multiples of the stride -> float32 (score, coord, dense map)."""
+        """``(B, H, W, C)`` uint8 BGR (or grey, C = 1), H and W multiples of the stride -> float32 (score, coord,
+        dense descriptor map ``(B, D, H/4, W/4)`` or ``(B, D, H/8, W/8)``; ``(B, 64, H/2, W/2)`` for KeypointResnet)."""
         tensor = torch.from_numpy(batch_bgr).to(self.device, non_blocking=True)
         tensor = tensor.permute(0, 3, 1, 2).float().div_(255.0)
         tensor = normalize_image(tensor).contiguous(memory_format=torch.channels_last)

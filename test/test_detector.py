@@ -9,7 +9,7 @@ import skimage.data
 import torch
 
 import kp2d_model.detector as detector_module
-from kp2d_model.checkpoint import CheckpointError, load_keypoint_net
+from kp2d_model.checkpoint import CheckpointError, build_keypoint_net, load_keypoint_net
 from kp2d_model.detector import Detections, KeypointDetector
 from kp2d_model.image import ImageFormatError, image_to_tensor
 
@@ -192,3 +192,17 @@ def test_numpy_detections_match_the_tensors(detector, photo_bgr):
     as_numpy = found.numpy()
     assert isinstance(as_numpy.keypoints, np.ndarray) and as_numpy.image_size == found.image_size
     np.testing.assert_array_equal(as_numpy.descriptors, found.descriptors.numpy())
+
+
+def test_single_channel_network_gets_grey_input(photo_bgr):
+    torch.manual_seed(0)
+    grey_net = build_keypoint_net({"use_color": False, "do_upsample": False}).eval()
+    found = KeypointDetector(grey_net, device="cpu", top_k=None)(photo_bgr)
+    padded = cv2.copyMakeBorder(photo_bgr, 0, 256 - ODD_HEIGHT, 0, 336 - ODD_WIDTH, cv2.BORDER_REPLICATE)
+    grey = cv2.cvtColor(padded, cv2.COLOR_BGR2GRAY)
+    with torch.inference_mode():
+        score, coord, _ = grey_net((torch.from_numpy(grey)[None, None].float() / 255.0 - 0.5) * 0.225)
+    inside = (score[0, 0] > 0) & (coord[0, 0] <= ODD_WIDTH - 1) & (coord[0, 1] <= ODD_HEIGHT - 1)
+    expected = score[0, 0][inside].sort(descending=True).values
+    assert found.descriptors.shape[1] == 256 and len(found) == expected.shape[0] > 100
+    assert torch.allclose(found.scores, expected, atol=1e-5)
