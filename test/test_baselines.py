@@ -16,6 +16,7 @@ from kp2d_model.evaluation.baselines import (
     XFeatMethod,
     akaze_available,
 )
+from kp2d_model.evaluation.metrics import METRIC_NAMES, mean_metrics, pair_metrics
 from kp2d_model.evaluation.synthetic import generate_benchmark, photos_in_folder
 from kp2d_model.photos import SKIMAGE_DATA_DIR
 
@@ -122,3 +123,22 @@ def test_akaze_works_or_says_which_opencv_package_has_it(benchmark: Path) -> Non
     else:
         with pytest.raises(RuntimeError, match="has no AKAZE.*opencv-contrib-python"):
             AkazeMethod()
+
+
+@pytest.mark.parametrize("name", METHOD_PARAMS)
+def test_method_gives_a_full_result_row_through_the_metric_code(name: str, methods: dict, benchmark: Path) -> None:
+    """Every pair of the 2-sequence set scored by the shared metric code: all six means present and finite."""
+    method = methods[name]
+    results = []
+    for sequence in ("v_coffee", "i_coffee"):
+        points_1, descriptors_1 = method(cv2.imread(str(benchmark / sequence / "1.ppm")))
+        for k in range(2, 7):
+            points_k, descriptors_k = method(cv2.imread(str(benchmark / sequence / f"{k}.ppm")))
+            h = np.loadtxt(benchmark / sequence / f"H_1_{k}")
+            results.append(
+                pair_metrics(points_1, descriptors_1, points_k, descriptors_k, h, (640, 480), 1000, method.norm)
+            )
+    row = mean_metrics(results)
+    assert set(row) == set(METRIC_NAMES)
+    assert all(np.isfinite(value) for value in row.values()), row
+    assert row["repeatability"] > 0.2 and row["c5"] > 0.5 and row["mscore"] > 0.1, row
