@@ -26,9 +26,9 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from kp2d_model.checkpoint import CheckpointError, default_checkpoint_path, load_keypoint_net
 from kp2d_model.image import ImageFormatError, normalize_image, to_bgr
-from kp2d_model.networks import KeypointResnet, sample_descriptors
+from kp2d_model.networks import KeypointNet, KeypointResnet, sample_descriptors
 
-__all__ = ["Detections", "KeypointDetector", "fuse_batchnorm", "resolve_device"]
+__all__ = ["Detections", "KeypointDetector", "fuse_batchnorm", "resolve_device", "sample_conv3x3_descriptors"]
 
 
 @dataclass
@@ -93,6 +93,36 @@ def fuse_batchnorm(net: nn.Module) -> nn.Module:
     if leftovers:
         raise TypeError(f"fuse_batchnorm: could not fold/remove {leftovers[:5]} of {type(net).__name__}")
     return fused
+
+
+def sample_conv3x3_descriptors(
+    features: torch.Tensor, conv: nn.Conv2d, points: torch.Tensor, height: int, width: int
+) -> torch.Tensor:
+    """Descriptors ``(N, D)`` = ``conv(features)`` sampled bilinearly (align_corners=True) at ``points``, L2-normalised.
+
+    Equals ``sample_descriptors(conv(features), ...)`` but evaluates the 3x3 convolution (stride 1, padding
+    1) only at the 4 map positions around each point, not over the whole map. features: ``(C, h, w)``
+    (the map of an ``height x width`` image); points: ``(N, 2)`` pixels x, y.
+    """
+    channels, map_h, map_w = features.shape
+    # sample_descriptors' pixel -> [-1, 1] mapping, then grid_sample's (align_corners=True) [-1, 1] -> map position;
+    # u = x / (W - 1) * (w - 1) written out in the same float operations.
+    u = (points[:, 0] / ((width - 1) / 2.0) - 1.0 + 1.0) / 2.0 * (map_w - 1)
+    v = (points[:, 1] / ((height - 1) / 2.0) - 1.0 + 1.0) / 2.0 * (map_h - 1)
+    x0, y0 = u.floor(), v.floor()
+    fx, fy = u - x0, v - y0
+    x0, y0 = x0.long(), y0.long()
+    xs = torch.stack([x0, x0 + 1, x0, x0 + 1], dim=1).clamp_(0, map_w - 1)  # (N, 4); a clamped one has weight 0
+    ys = torch.stack([y0, y0, y0 + 1, y0 + 1], dim=1).clamp_(0, map_h - 1)
+    weights = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], dim=1)  # (N, 4)
+    padded = F.pad(features, (1, 1, 1, 1))  # the conv's zero padding
+    offsets = torch.arange(3, device=features.device)
+    rows = (ys.reshape(-1, 1, 1) + offsets.reshape(1, 3, 1)).expand(-1, 3, 3)  # (4N, 3, 3) padded-map rows
+    cols = (xs.reshape(-1, 1, 1) + offsets.reshape(1, 1, 3)).expand(-1, 3, 3)
+    patches = padded[:, rows, cols].permute(1, 0, 2, 3).reshape(-1, channels * 9)  # (4N, C*9), conv weight order
+    values = torch.addmm(conv.bias, patches, conv.weight.reshape(conv.out_channels, -1).T)  # (4N, D)
+    descriptors = (values.reshape(-1, 4, conv.out_channels) * weights.unsqueeze(-1)).sum(dim=1)
+    return descriptors / torch.linalg.vector_norm(descriptors, dim=1, keepdim=True)
 
 
 def _half_dtype(half: bool | str) -> torch.dtype | None:
@@ -172,8 +202,13 @@ class KeypointDetector:
         self.grey_input = not getattr(network, "use_color", True)  # 1-channel networks get cv2 BGR2GRAY
         self.align_corners = not isinstance(network, KeypointResnet)
         # BatchNorm folded, dropout removed: no train/eval-dependent layer is left, so the train-mode forward
-        # is the eval computation returning the *dense* descriptor map, sampled below at kept keypoints only.
-        self._dense_net = fuse_batchnorm(network).to(memory_format=torch.channels_last).train()
+        # is the eval computation returning the dense descriptor map instead of sampling it at every cell.
+        self._trunk = fuse_batchnorm(network).to(memory_format=torch.channels_last).train()
+        # KeypointNet: the descriptor head's last 3x3 conv is evaluated only around the kept keypoints.
+        self._descriptor_conv: nn.Conv2d | None = None
+        if isinstance(network, KeypointNet):
+            self._descriptor_conv = self._trunk.convFbb
+            self._trunk.convFbb = nn.Identity()
 
     @property
     def descriptor_dim(self) -> int:
@@ -223,27 +258,36 @@ class KeypointDetector:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.half_dtype)
 
-    def run_dense(self, batch_bgr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(B, H, W, C)`` uint8 BGR (or grey, C = 1), H and W multiples of the stride -> float32 (score, coord,
-        dense descriptor map ``(B, D, H/4, W/4)`` or ``(B, D, H/8, W/8)``; ``(B, 64, H/2, W/2)`` for KeypointResnet)."""
+    def _run_trunk(self, batch_bgr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(B, H, W, C)`` uint8 BGR (or grey, C = 1), H and W multiples of the stride -> float32 score, coord and
+        the dense map before ``self._descriptor_conv`` (when set; else the dense descriptor map)."""
         tensor = torch.from_numpy(batch_bgr).to(self.device, non_blocking=True)
         tensor = tensor.permute(0, 3, 1, 2).float().div_(255.0)
         tensor = normalize_image(tensor).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
-            score, coord, dense = self._dense_net(tensor)
-        return score.float(), coord.float(), dense.float()
+            score, coord, features = self._trunk(tensor)
+        return score.float(), coord.float(), features.float()
+
+    def run_dense(self, batch_bgr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The inference network's full output for a prepared batch (see ``_run_trunk``): float32 score
+        ``(B, 1, Hc, Wc)``, coord ``(B, 2, Hc, Wc)`` and the dense (unnormalised) descriptor map ``(B, D, h, w)``."""
+        score, coord, features = self._run_trunk(batch_bgr)
+        if self._descriptor_conv is not None:
+            with torch.inference_mode():
+                features = self._descriptor_conv(features)
+        return score, coord, features
 
     def _detect_group(self, items: list[_Prepared]) -> list[Detections]:
         batch = np.stack([item.padded for item in items])
         padded_h, padded_w = batch.shape[1:3]
-        score, coord, dense = self.run_dense(batch)
+        score, coord, features = self._run_trunk(batch)
         with torch.inference_mode():
             keep = score > self.score_threshold
             if self.nms_radius > 0:
                 size = 2 * self.nms_radius + 1
                 keep &= score == F.max_pool2d(score, size, stride=1, padding=self.nms_radius)
             return [
-                self._select(score[b, 0], coord[b], keep[b, 0], dense[b : b + 1], item, padded_h, padded_w)
+                self._select(score[b, 0], coord[b], keep[b, 0], features[b], item, padded_h, padded_w)
                 for b, item in enumerate(items)
             ]
 
@@ -252,12 +296,12 @@ class KeypointDetector:
         score: torch.Tensor,
         coord: torch.Tensor,
         keep: torch.Tensor,
-        dense: torch.Tensor,
+        features: torch.Tensor,
         item: _Prepared,
         padded_h: int,
         padded_w: int,
     ) -> Detections:
-        """score/keep ``(Hc, Wc)``, coord ``(2, Hc, Wc)``, dense ``(1, D, h, w)`` -> Detections of one image."""
+        """score/keep ``(Hc, Wc)``, coord ``(2, Hc, Wc)``, features ``(C, h, w)`` -> Detections of one image."""
         valid_w, valid_h = item.valid_size
         keep = keep & (coord[0] <= valid_w - 1) & (coord[1] <= valid_h - 1)  # drop points in the padding
         scores = score[keep]
@@ -267,11 +311,13 @@ class KeypointDetector:
         else:
             scores, order = torch.sort(scores, descending=True, stable=True)
         points = points[order]
-        if points.shape[0]:
-            grid = points.T.reshape(1, 2, 1, -1)
-            descriptors = sample_descriptors(dense, grid, padded_h, padded_w, self.align_corners)[0, :, 0].T
+        if points.shape[0] == 0:
+            descriptors = points.new_zeros((0, self.descriptor_dim))
+        elif self._descriptor_conv is not None:
+            descriptors = sample_conv3x3_descriptors(features, self._descriptor_conv, points, padded_h, padded_w)
         else:
-            descriptors = dense.new_zeros((0, dense.shape[1]))
+            grid = points.T.reshape(1, 2, 1, -1)
+            descriptors = sample_descriptors(features[None], grid, padded_h, padded_w, self.align_corners)[0, :, 0].T
         input_w, input_h = item.input_size
         if (valid_w, valid_h) != (input_w, input_h):  # resized: pixel-centre aligned, as cv2.resize samples
             scale = points.new_tensor([input_w / valid_w, input_h / valid_h])
