@@ -94,12 +94,13 @@ def _descriptor_loss_and_recall(
     positives = F.normalize(_sample_at(target_dense, warped_points), dim=2)  # (B, N, C)
     counts = valid.sum(dim=1)
     used = counts >= MIN_DESCRIPTOR_CELLS  # (B,)
-    pair_valid = valid[:, :, None] & valid[:, None, :]  # (B, anchor, candidate)
 
     with torch.no_grad():
-        similarity = torch.bmm(anchors, positives.transpose(1, 2))  # (B, N, N); max cosine = min distance
+        # (B, anchor, candidate) cosines; only valid cells are candidates. Max cosine = min descriptor distance.
+        similarity = torch.bmm(anchors, positives.transpose(1, 2))
         lowest = torch.finfo(similarity.dtype).min
-        nearest = similarity.masked_fill(~pair_valid, lowest).argmax(dim=2)  # (B, N)
+        similarity.masked_fill_(~valid[:, None, :], lowest)
+        nearest = similarity.argmax(dim=2)  # (B, N)
         nearest_pixels = warped_pixels.gather(1, nearest[..., None].expand(-1, -1, 2))
         correct = (nearest_pixels == warped_pixels).all(dim=2) & valid
         recall = (correct.sum(dim=1) / counts.clamp(min=1) * used).sum() / batch
@@ -107,12 +108,13 @@ def _descriptor_loss_and_recall(
             return similarity.new_zeros(()), recall
 
         # Hardest negative: the most similar candidate whose location is more than relax_field px away in x or y.
-        offsets = (warped_pixels[:, None, :, :] - warped_pixels[:, :, None, :]).abs()  # (B, anchor, candidate, 2)
-        near = (offsets <= relax_field).all(dim=3)
-        negatives_allowed = pair_valid & ~near
-        hardest = similarity.masked_fill(~negatives_allowed, lowest).argmax(dim=2)
+        x, y = warped_pixels[..., 0], warped_pixels[..., 1]
+        near = (x[:, None, :] - x[:, :, None]).abs_() <= relax_field
+        near &= (y[:, None, :] - y[:, :, None]).abs_() <= relax_field
+        similarity.masked_fill_(near, lowest)
+        hardest = similarity.argmax(dim=2)
         # The original falls back to the nearest candidate when every candidate is within the relax field.
-        negative_index = torch.where(negatives_allowed.any(dim=2), hardest, nearest)
+        negative_index = torch.where(similarity.amax(dim=2) > lowest, hardest, nearest)
 
     negatives = positives.gather(1, negative_index[..., None].expand_as(positives))
     channels = anchors.shape[2]

@@ -180,3 +180,53 @@ def test_bad_inputs_are_refused_with_a_clear_error(reference_dir, loss_fixture):
         kp2d_loss(keypoint_net, None, batch)
     with pytest.raises(ValueError, match="train mode"):
         kp2d_loss(keypoint_net.eval(), io_net, batch)
+
+
+def _sorted_hardest_negative_loss(anchors, positives, pixels, relax_field, margin):
+    """The original's per-image formulation: sort candidates by distance, skip those within the relax field."""
+    distance = torch.sqrt(2 - 2 * (anchors @ positives.T).clamp(-1, 1))
+    sorted_distance, candidates = torch.sort(distance, dim=1)  # (anchor, rank)
+    near = ((pixels[candidates] - pixels[:, None, :]).abs() <= relax_field).all(dim=2)
+    first_far = sorted_distance.masked_fill(near, 2.0).argmin(dim=1)
+    negatives = positives[candidates[torch.arange(len(anchors)), first_far]]
+    recall = (pixels[candidates[:, 0]] == pixels).all(dim=1).float().mean()
+    return torch.nn.functional.triplet_margin_loss(anchors, positives, negatives, margin=margin), recall
+
+
+@pytest.mark.parametrize("relax_field", [0.5, 4.0, 1e6])
+def test_vectorised_descriptor_loss_equals_the_sorted_per_image_loss(relax_field):
+    """Hardest negatives found with one masked argmax per batch equal the original's sort-and-skip, incl. the
+    fallback to the nearest candidate when every candidate lies within the relax field."""
+    from kp2d_model.losses import _descriptor_loss_and_recall
+
+    generator = torch.Generator().manual_seed(11)
+    batch, cells = 3, 40
+    source_dense = torch.randn(batch, 8, 6, 8, generator=generator)
+    target_dense = torch.randn(batch, 8, 6, 8, generator=generator)
+    source_points = torch.rand(batch, cells, 2, generator=generator) * 2 - 1
+    warped_points = torch.rand(batch, cells, 2, generator=generator) * 2 - 1
+    warped_pixels = (warped_points + 1) * torch.tensor([31.5, 23.5])
+    valid = torch.rand(batch, cells, generator=generator) > 0.3
+    valid[2, 5:] = False  # fewer than 20 valid cells: skipped
+    loss, recall = _descriptor_loss_and_recall(
+        source_dense, target_dense, source_points, warped_points, warped_pixels, valid, 0.2, relax_field, True
+    )
+    expected_loss, expected_recall = 0.0, 0.0
+    for b in range(batch):
+        if valid[b].sum() < 20:
+            continue
+        sample = torch.nn.functional.grid_sample
+        anchors = sample(source_dense[b : b + 1], source_points[b : b + 1, None], align_corners=True)[0, :, 0].T
+        positives = sample(target_dense[b : b + 1], warped_points[b : b + 1, None], align_corners=True)[0, :, 0].T
+        keep = valid[b]
+        image_loss, image_recall = _sorted_hardest_negative_loss(
+            torch.nn.functional.normalize(anchors[keep], dim=1),
+            torch.nn.functional.normalize(positives[keep], dim=1),
+            warped_pixels[b, keep],
+            relax_field,
+            0.2,
+        )
+        expected_loss += image_loss.item() / batch
+        expected_recall += image_recall.item() / batch
+    assert loss.item() == pytest.approx(expected_loss, rel=1e-5)
+    assert recall.item() == pytest.approx(expected_recall, rel=1e-6)
