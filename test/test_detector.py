@@ -136,6 +136,8 @@ def test_top_k_keeps_the_best_scores_sorted_with_unit_descriptors(checkpoint_pat
     assert len(best) == 100
     assert torch.all(best.scores[:-1] >= best.scores[1:])
     assert torch.allclose(best.scores, everything.scores[:100])
+    # 100 points: descriptors come from the sparse last-conv path, all points: from the dense conv.
+    assert torch.allclose(best.descriptors, everything.descriptors[:100], atol=1e-5)
     assert best.keypoints.dtype == best.scores.dtype == best.descriptors.dtype == torch.float32
     assert torch.allclose(torch.linalg.vector_norm(best.descriptors, dim=1), torch.ones(100), atol=1e-5)
 
