@@ -34,6 +34,7 @@ setup(
         "console_scripts": [
             # kp2d_model command-line tools (no ROS needed)
             "kp2d-make-hpatches = kp2d_model.evaluation.synthetic:main",
+            "kp2d-train = kp2d_model.training.cli:main",
             # ROS 2 executables (`ros2 run kp2d_ros <name>`)
         ],
     },

@@ -553,28 +553,33 @@ class Trainer:
     # --- evaluation ----------------------------------------------------------------------------------
 
     def _evaluate(self) -> None:
-        """HPatches metrics after an epoch when eval.hpatches_path is set (rank 0; others wait)."""
+        """HPatches metrics of the epoch's checkpoint when eval.hpatches_path is set (rank 0; the others wait).
+
+        A failing evaluation is logged and training goes on: it is an optional report, not part of training.
+        """
         path = self.config.eval.hpatches_path
         if not path or (self.epoch % self.config.eval.every_epochs):
             return
         if self.context.is_main:
             try:
-                from kp2d_model.evaluation.evaluate import evaluate_keypoint_net
+                from kp2d_model.evaluation.evaluate import evaluate_method
+                from kp2d_model.evaluation.hpatches import find_sequences
+                from kp2d_model.evaluation.methods import KeyPointNetMethod
             except ImportError as error:
-                LOGGER.warning("eval.hpatches_path is set but the evaluation module is unavailable (%s)", error)
+                LOGGER.warning("eval.hpatches_path is set but kp2d_model.evaluation is unavailable (%s)", error)
             else:
                 height, width = self.config.data.image_shape
-                self.keypoint_net.eval()
                 try:
-                    metrics = evaluate_keypoint_net(
-                        path, self.keypoint_net, resolution=(width, height), top_k=self.config.eval.top_k
-                    )
-                finally:
-                    self.keypoint_net.train()
-                for name, value in dict(metrics).items():
-                    if isinstance(value, int | float) and math.isfinite(value):
-                        self._writer.add_scalar(f"hpatches/{name}", value, self.step)
-                LOGGER.info("epoch %d HPatches: %s", self.epoch, metrics)
+                    method = KeyPointNetMethod(self.checkpoint_path, device=self.device)
+                    run = evaluate_method(method, find_sequences(path), (width, height), self.config.eval.top_k)
+                    summary = run.summary()["all"]
+                except Exception as error:  # noqa: BLE001 - report and keep training
+                    LOGGER.warning("HPatches evaluation after epoch %d failed: %s", self.epoch, error)
+                else:
+                    for name, value in summary.items():
+                        if isinstance(value, int | float) and math.isfinite(value) and name != "pairs":
+                            self._writer.add_scalar(f"hpatches/{name}", value, self.step)
+                    LOGGER.info("HPatches after epoch %d: %s", self.epoch, summary)
         if self.context.distributed:
             dist.barrier()
 
