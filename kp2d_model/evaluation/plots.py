@@ -7,15 +7,13 @@ backend switch); match pictures are drawn with OpenCV at the images' own resolut
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
-from kp2d_model.evaluation.metrics import DISTANCE_THRESHOLD_PX, top_k_indices, warp_points
 
 INLIER_BGR = (0, 200, 0)  # green
 OUTLIER_BGR = (0, 0, 255)  # red
@@ -42,18 +40,6 @@ def per_sequence_means(rows: Sequence[Mapping[str, object]], metric: str, method
     return means
 
 
-def runs_to_results(runs: Iterable[object]) -> dict[str, list[dict[str, object]]]:
-    """``EvaluationRun``s (``kp2d_model.evaluation.evaluate``) -> the ``results`` of :func:`plot_per_sequence`.
-
-    Keys are ``"<method> <W>x<H>"``, values the runs' per-pair rows (``PairResult.as_dict()``).
-    """
-    results: dict[str, list[dict[str, object]]] = {}
-    for run in runs:
-        width, height = run.resolution  # type: ignore[attr-defined]
-        results[f"{run.method} {width}x{height}"] = [pair.as_dict() for pair in run.pairs]  # type: ignore[attr-defined]
-    return results
-
-
 def plot_per_sequence(
     results: Mapping[str, Sequence[Mapping[str, object]]], path: Path, metric: str = "mscore", title: str | None = None
 ) -> Path:
@@ -61,9 +47,9 @@ def plot_per_sequence(
 
     ``results``: method name -> per-pair rows, each a dict with ``"sequence"`` (e.g. ``"v_graffiti"``) and a
     numeric value under ``metric`` (other keys are ignored), e.g.
-    ``{"orb": [{"sequence": "v_boat", "pair": 2, "mscore": 0.41, ...}, ...], "kp2d": [...]}`` — what
-    ``runs_to_results(runs)`` makes from the evaluation driver's runs. Metric names: ``repeatability``,
-    ``localization_error``, ``c1``, ``c3``, ``c5``, ``mscore``.
+    ``{"orb": [{"sequence": "v_boat", "pair": 2, "mscore": 0.41, ...}, ...], "kp2d": [...]}``, i.e.
+    ``{run.method: [pair.as_dict() for pair in run.pairs]}`` for the evaluation driver's runs of one setting.
+    Metric names: ``repeatability``, ``localization_error``, ``c1``, ``c3``, ``c5``, ``mscore``.
     Each bar is the mean over that sequence's pairs; the legend gives each method's mean over sequences.
     The file type follows the suffix of ``path`` (``.png``, ``.svg``, ``.pdf``); parent folders are created.
     """
@@ -154,35 +140,6 @@ def draw_matches(
     cv2.rectangle(canvas, (0, 0), (12 + 9 * len(text), 24), (0, 0, 0), -1)
     cv2.putText(canvas, text, (6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
     return canvas
-
-
-def ground_truth_matches(
-    points_1: np.ndarray,
-    descriptors_1: np.ndarray,
-    points_2: np.ndarray,
-    descriptors_2: np.ndarray,
-    homography: np.ndarray,
-    norm: int,
-    top_k: int = 1000,
-    threshold: float = DISTANCE_THRESHOLD_PX,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Matches to draw for one pair -> ``(xy_1 (M, 2), xy_2 (M, 2), correct (M,) bool)``.
-
-    The ``top_k`` highest-scoring points ``(N, 3)`` [x, y, score] of each image, cross-checked brute-force
-    nearest neighbours under ``norm`` (as the C1/C3/C5 metric matches); a match is correct when image-1's
-    point warped by ``homography`` (image 1 -> image 2 px) lands within ``threshold`` px of its match.
-    """
-    keep_1 = top_k_indices(np.asarray(points_1)[:, 2], top_k)
-    keep_2 = top_k_indices(np.asarray(points_2)[:, 2], top_k)
-    if keep_1.size == 0 or keep_2.size == 0:
-        return np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0, bool)
-    xy_1, xy_2 = np.asarray(points_1)[keep_1, :2], np.asarray(points_2)[keep_2, :2]
-    matcher = cv2.BFMatcher(norm, crossCheck=True)
-    matches = matcher.match(np.ascontiguousarray(descriptors_1[keep_1]), np.ascontiguousarray(descriptors_2[keep_2]))
-    pairs = np.array([(match.queryIdx, match.trainIdx) for match in matches], dtype=np.int64).reshape(-1, 2)
-    xy_1, xy_2 = xy_1[pairs[:, 0]], xy_2[pairs[:, 1]]
-    correct = np.linalg.norm(warp_points(xy_1, homography) - xy_2, axis=1) <= threshold
-    return xy_1, xy_2, correct
 
 
 def plot_matches(
