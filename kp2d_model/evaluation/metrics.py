@@ -28,8 +28,10 @@ import numpy as np
 __all__ = [
     "DISTANCE_THRESHOLD_PX",
     "METRIC_NAMES",
+    "HomographyMatches",
     "PairMetrics",
     "homography_correctness",
+    "homography_matches",
     "mean_metrics",
     "matching_score",
     "pair_metrics",
@@ -158,6 +160,50 @@ def _shared_top_k(
     return points[keep, :2], descriptors[keep]
 
 
+@dataclass(frozen=True)
+class HomographyMatches:
+    """Cross-checked matches of one pair and the RANSAC homography estimated from them.
+
+    ``xy_1`` / ``xy_2``: ``(M, 2)`` matched points (row i of one matches row i of the other); ``estimated``:
+    ``(3, 3)`` image 1 -> image 2, or None (fewer than 4 matches, or RANSAC found none); ``inliers``: ``(M,)`` bool.
+    """
+
+    xy_1: np.ndarray
+    xy_2: np.ndarray
+    estimated: np.ndarray | None
+    inliers: np.ndarray
+
+
+def homography_matches(
+    points_1: np.ndarray,
+    descriptors_1: np.ndarray,
+    points_2: np.ndarray,
+    descriptors_2: np.ndarray,
+    homography: np.ndarray,
+    image_size: tuple[int, int],
+    top_k: int,
+    norm: int = cv2.NORM_L2,
+) -> HomographyMatches:
+    """The C-metrics' matching: shared-view filter then ``top_k`` on both sides, cross-checked brute-force
+    matching, ``cv2.findHomography`` RANSAC (3 px, 5000 iterations) when there are at least 4 matches."""
+    _check_pair_inputs(points_1, points_2, homography, top_k)
+    xy_1, kept_descriptors_1 = _shared_top_k(points_1, descriptors_1, homography, image_size, top_k)
+    xy_2, kept_descriptors_2 = _shared_top_k(points_2, descriptors_2, np.linalg.inv(homography), image_size, top_k)
+    if xy_1.shape[0] == 0 or xy_2.shape[0] == 0:
+        return HomographyMatches(xy_1[:0], xy_2[:0], None, np.zeros(0, bool))
+    query, train = _brute_force_match(kept_descriptors_1, kept_descriptors_2, norm, cross_check=True)
+    matched_1, matched_2 = xy_1[query], xy_2[train]
+    no_inliers = np.zeros(query.shape[0], bool)
+    if query.shape[0] < MIN_MATCHES_FOR_HOMOGRAPHY:
+        return HomographyMatches(matched_1, matched_2, None, no_inliers)
+    estimated, mask = cv2.findHomography(
+        matched_1, matched_2, cv2.RANSAC, DISTANCE_THRESHOLD_PX, maxIters=RANSAC_MAX_ITERATIONS
+    )
+    if estimated is None:
+        return HomographyMatches(matched_1, matched_2, None, no_inliers)
+    return HomographyMatches(matched_1, matched_2, estimated, mask.reshape(-1).astype(bool))
+
+
 def homography_correctness(
     points_1: np.ndarray,
     descriptors_1: np.ndarray,
@@ -170,21 +216,12 @@ def homography_correctness(
 ) -> tuple[float, float, float]:
     """C1, C3, C5 of one pair: each 1.0 if the estimated homography's mean corner error is <= 1, 3, 5 px.
 
-    Shared-view filter then ``top_k`` on both sides, cross-checked brute-force matching, ``cv2.findHomography``
-    RANSAC (3 px, 5000 iterations); the four image corners are warped by the true and the estimated homography.
-    Fewer than 4 matches (including no shared point) or no homography found -> ``(0.0, 0.0, 0.0)``.
+    Matching and estimation as :func:`homography_matches`; the four image corners are warped by the true and the
+    estimated homography. Fewer than 4 matches (including no shared point) or no homography -> ``(0.0, 0.0, 0.0)``.
     """
-    _check_pair_inputs(points_1, points_2, homography, top_k)
-    xy_1, kept_descriptors_1 = _shared_top_k(points_1, descriptors_1, homography, image_size, top_k)
-    xy_2, kept_descriptors_2 = _shared_top_k(points_2, descriptors_2, np.linalg.inv(homography), image_size, top_k)
-    if xy_1.shape[0] == 0 or xy_2.shape[0] == 0:
-        return 0.0, 0.0, 0.0
-    query, train = _brute_force_match(kept_descriptors_1, kept_descriptors_2, norm, cross_check=True)
-    if query.shape[0] < MIN_MATCHES_FOR_HOMOGRAPHY:
-        return 0.0, 0.0, 0.0
-    estimated, _ = cv2.findHomography(
-        xy_1[query], xy_2[train], cv2.RANSAC, DISTANCE_THRESHOLD_PX, maxIters=RANSAC_MAX_ITERATIONS
-    )
+    estimated = homography_matches(
+        points_1, descriptors_1, points_2, descriptors_2, homography, image_size, top_k, norm
+    ).estimated
     if estimated is None:
         return 0.0, 0.0, 0.0
     width, height = image_size

@@ -1,0 +1,197 @@
+"""``kp2d-evaluate``: HPatches evaluation of KeyPointNet checkpoints and baselines, the paper's protocol.
+
+Example::
+
+    kp2d-evaluate --checkpoint v4.ckpt --hpatches hpatches-sequences-release --json results.json
+    kp2d-evaluate --checkpoint v4.ckpt --hpatches DIR --method kp2d --method orb --method sift --resolution 320x240
+
+Defaults: 320x240 with top-k 300 and 640x480 with top-k 1000, as the paper; ``--top-k`` applies to every
+resolution given. Prints a Markdown table (i / v / all rows per method and setting) on stdout, progress on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from kp2d_model.checkpoint import CheckpointError
+from kp2d_model.evaluation.evaluate import DEFAULT_SETTINGS, EvaluationRun, evaluate_method, format_table
+from kp2d_model.evaluation.hpatches import SUBSETS, HPatchesError, HPatchesSequence, find_sequences, load_sequence
+from kp2d_model.evaluation.methods import METHOD_NAMES, FeatureMethod, describe_images, get_method
+from kp2d_model.evaluation.metrics import homography_matches
+
+PROGRAM = "kp2d-evaluate"
+MATCH_PLOT_PAIRS = (2, 6)  # pairs (1, k) drawn with --plots: the easiest and the hardest of a sequence
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """``"320x240"`` -> ``(320, 240)`` (width, height)."""
+    try:
+        width, height = (int(value) for value in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"resolution must look like 320x240 (WIDTHxHEIGHT), got {text!r}") from None
+    if width < 8 or height < 8:
+        raise argparse.ArgumentTypeError(f"resolution {text!r} is too small")
+    return width, height
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM,
+        description="Evaluate keypoints and descriptors on HPatches (repeatability, localization error, "
+        "C1/C3/C5 homography correctness, matching score), as the KP2D paper.",
+    )
+    parser.add_argument("--checkpoint", type=Path, help="KeyPointNet checkpoint (.ckpt, .safetensors, .pt); for kp2d")
+    parser.add_argument("--hpatches", type=Path, required=True, help="hpatches-sequences-release folder")
+    parser.add_argument(
+        "--resolution",
+        type=parse_resolution,
+        action="append",
+        help="WIDTHxHEIGHT, repeatable (default: 320x240 with top-k 300 and 640x480 with top-k 1000)",
+    )
+    parser.add_argument("--top-k", type=positive_int, help="points kept per image for every resolution")
+    parser.add_argument("--subset", choices=SUBSETS, default="all", help="i (illumination), v (viewpoint) or all")
+    parser.add_argument(
+        "--method", action="append", choices=METHOD_NAMES, help="repeatable for a comparison table (default: kp2d)"
+    )
+    parser.add_argument("--device", default="auto", help="kp2d network device: auto, cpu, cuda:0, ...")
+    parser.add_argument("--json", type=Path, help="write summaries and per-pair values to this JSON file")
+    parser.add_argument("--plots", type=Path, help="write per-sequence bar charts and match pictures to this folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> list[tuple[tuple[int, int], int]]:
+    """(resolution, top_k) pairs: the paper's defaults, or the given resolutions with --top-k (or the default k)."""
+    if not args.resolution:
+        return [(resolution, args.top_k or top_k) for resolution, top_k in DEFAULT_SETTINGS]
+    default_top_k = dict(DEFAULT_SETTINGS)
+    return [(resolution, args.top_k or default_top_k.get(resolution, 1000)) for resolution in args.resolution]
+
+
+def _json_ready(value: object) -> object:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(item) for item in value]
+    return value
+
+
+def write_json(path: Path, args: argparse.Namespace, runs: Sequence[EvaluationRun], table: str) -> None:
+    report = {
+        "program": PROGRAM,
+        "hpatches": str(args.hpatches),
+        "subset": args.subset,
+        "checkpoint": None if args.checkpoint is None else str(args.checkpoint),
+        "runs": [run.as_dict() for run in runs],
+        "table": table,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_json_ready(report), indent=1, allow_nan=False) + "\n")
+
+
+def write_plots(
+    folder: Path,
+    runs: Sequence[EvaluationRun],
+    methods: dict[str, FeatureMethod],
+    sequences: Sequence[HPatchesSequence],
+) -> list[Path]:
+    """Per-sequence bar charts (matching score, repeatability) per setting, and match pictures of a few pairs."""
+    from kp2d_model.evaluation import plots  # matplotlib is only needed here
+
+    written = []
+    settings = list(dict.fromkeys((run.resolution, run.top_k) for run in runs))
+    for resolution, top_k in settings:
+        rows = {
+            run.method: [pair.as_dict() for pair in run.pairs]
+            for run in runs
+            if (run.resolution, run.top_k) == (resolution, top_k)
+        }
+        tag = f"{resolution[0]}x{resolution[1]}_top{top_k}"
+        for metric in ("mscore", "repeatability"):
+            title = f"HPatches {metric} per sequence, {resolution[0]}x{resolution[1]}, top-k {top_k}"
+            written.append(plots.plot_per_sequence(rows, folder / f"per_sequence_{metric}_{tag}.png", metric, title))
+    resolution, top_k = settings[0]
+    first_of_subset = {}
+    for sequence in sequences:
+        first_of_subset.setdefault(sequence.subset, sequence)
+    for sequence in first_of_subset.values():
+        loaded = load_sequence(sequence, resolution)
+        for name, method in methods.items():
+            features = describe_images(method, [loaded.images[0]] + [loaded.images[k - 1] for k in MATCH_PLOT_PAIRS])
+            for k, (points_k, descriptors_k) in zip(MATCH_PLOT_PAIRS, features[1:], strict=True):
+                matches = homography_matches(
+                    *features[0], points_k, descriptors_k, loaded.homographies[k], resolution, top_k, method.norm
+                )
+                path = folder / f"matches_{name}_{sequence.name}_1-{k}_{resolution[0]}x{resolution[1]}.png"
+                written.append(
+                    plots.plot_matches(
+                        loaded.images[0], loaded.images[k - 1], matches.xy_1, matches.xy_2, matches.inliers, path
+                    )
+                )
+    return written
+
+
+def run_evaluation(
+    args: argparse.Namespace,
+) -> tuple[list[EvaluationRun], dict[str, FeatureMethod], list[HPatchesSequence]]:
+    """Build the methods, list the sequences and evaluate every (setting, method); progress on stderr."""
+    from tqdm import tqdm
+
+    sequences = find_sequences(args.hpatches, args.subset)
+    methods: dict[str, FeatureMethod] = {}
+    for name in dict.fromkeys(args.method or ["kp2d"]):
+        kwargs = {"checkpoint": args.checkpoint, "device": args.device} if name == "kp2d" else {}
+        methods[name] = get_method(name, **kwargs)
+    runs = []
+    for resolution, top_k in settings_from(args):
+        for name, method in methods.items():
+            label = f"{name} {resolution[0]}x{resolution[1]} top-{top_k}"
+            with tqdm(total=5 * len(sequences), desc=label, unit="pair", disable=args.quiet, file=sys.stderr) as bar:
+                run = evaluate_method(method, sequences, resolution, top_k, on_sequence_done=bar.update)
+            runs.append(run)
+            if not args.quiet:
+                print(f"{label}: {len(run.pairs)} pairs, {run.pairs_per_second:.1f} pairs/s", file=sys.stderr)
+    return runs, methods, sequences
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``kp2d-evaluate`` (and ``ros2 run kp2d_ros evaluate``); returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if "kp2d" in (args.method or ["kp2d"]) and args.checkpoint is None:
+        parser.error("--checkpoint is required for --method kp2d (the default method)")
+    try:
+        runs, methods, sequences = run_evaluation(args)
+        table = format_table(runs)
+        print(table, flush=True)
+        if args.json is not None:
+            write_json(args.json, args, runs, table)
+        if args.plots is not None:
+            for path in write_plots(args.plots, runs, methods, sequences):
+                if not args.quiet:
+                    print(f"wrote {path}", file=sys.stderr)
+    except (HPatchesError, CheckpointError, ValueError, RuntimeError, OSError) as error:
+        print(f"{PROGRAM}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

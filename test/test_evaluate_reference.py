@@ -1,0 +1,89 @@
+"""Evaluation driver on the fixtures' mini HPatches: the original's numbers, per-pair rows, subsets, table."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kp2d_model.evaluation.evaluate import EvaluationRun, PairResult, evaluate_method, format_table
+from kp2d_model.evaluation.hpatches import find_sequences, load_sequence
+from kp2d_model.evaluation.methods import KeyPointNetMethod, get_method
+from kp2d_model.evaluation.metrics import PairMetrics
+
+
+@pytest.fixture(scope="module")
+def expected_runs(reference_dir: Path) -> dict[str, dict[str, float]]:
+    return json.loads((reference_dir / "expected.json").read_text())["evaluate_keypoint_net"]
+
+
+def test_reference_forward_reproduces_the_original_at_320x240(reference_dir: Path, expected_runs) -> None:
+    """The plain (unfused) network path: same forward as the original, so the means agree to rounding."""
+    method = KeyPointNetMethod(reference_dir / "v4_reference.ckpt", device="cpu", fuse_batchnorm=False)
+    run = evaluate_method(method, find_sequences(reference_dir / "mini_hpatches"), (320, 240), 300)
+    summary = run.summary()["all"]
+    for name, value in expected_runs["v4_320x240_top300"].items():
+        assert summary[name] == pytest.approx(value, abs=1e-9), name
+    assert len(run.pairs) == 10 and summary["pairs"] == 10
+
+
+def test_fused_forward_matches_the_reference_forward_closely(reference_dir: Path) -> None:
+    sequence = find_sequences(reference_dir / "mini_hpatches", "v")[0]
+    images = load_sequence(sequence, (320, 240)).images[:2]
+    checkpoint = reference_dir / "v0_reference.ckpt"
+    fused = KeyPointNetMethod(checkpoint, device="cpu").describe_batch(images)
+    plain = KeyPointNetMethod(checkpoint, device="cpu", fuse_batchnorm=False).describe_batch(images)
+    for (fused_points, fused_desc), (plain_points, plain_desc) in zip(fused, plain, strict=True):
+        assert fused_points.shape == plain_points.shape and fused_points.dtype == np.float32
+        np.testing.assert_allclose(fused_points, plain_points, atol=1e-3)
+        np.testing.assert_allclose(fused_desc, plain_desc, atol=1e-4)
+        np.testing.assert_allclose(np.linalg.norm(fused_desc, axis=1), 1.0, atol=1e-5)
+
+
+def test_kp2d_keeps_every_cell_with_positive_score_in_raster_order(reference_dir: Path) -> None:
+    with np.load(reference_dir / "inference_reference.npz") as reference:
+        image = reference["v4_320x240_image_bgr"]
+        score = reference["v4_320x240_score"].reshape(-1)
+        coord = reference["v4_320x240_coord"].reshape(2, -1).T
+    points, descriptors = KeyPointNetMethod(reference_dir / "v4_reference.ckpt", device="cpu")(image)
+    keep = score > 0
+    assert points.shape == (int(keep.sum()), 3) and descriptors.shape == (int(keep.sum()), 256)
+    np.testing.assert_allclose(points[:, :2], coord[keep], atol=1e-3)
+    np.testing.assert_allclose(points[:, 2], score[keep], atol=1e-5)
+
+
+def test_summary_has_subset_rows_and_the_localization_mean_skips_missing_values() -> None:
+    def pair(sequence: str, rep: float, loc: float) -> PairResult:
+        return PairResult(sequence, 2, PairMetrics(rep, loc, 1.0, 1.0, 1.0, 0.5))
+
+    run = EvaluationRun("m", (320, 240), 300, [pair("i_a", 0.5, 1.0), pair("v_b", 0.0, math.nan), pair("v_c", 1, 3)])
+    summary = run.summary()
+    assert list(summary) == ["i", "v", "all"]
+    assert summary["v"]["localization_error"] == 3.0 and summary["v"]["pairs"] == 2
+    assert summary["all"]["localization_error"] == 2.0 and summary["all"]["repeatability"] == 0.5
+    assert run.pairs[1].as_dict()["localization_error"] is None
+    table = format_table([run]).splitlines()
+    assert table[0].startswith("| Method | Resolution | top-k | Subset |") and len(table) == 5
+    assert table[3] == "| m | 320x240 | 300 | v | 2 | 0.500 | 3.000 | 1.000 | 1.000 | 1.000 | 0.500 |"
+
+
+def test_baseline_method_runs_through_the_same_driver(reference_dir: Path) -> None:
+    run = evaluate_method(get_method("orb"), find_sequences(reference_dir / "mini_hpatches", "i"), (320, 240), 300)
+    assert run.method == "orb" and [pair.index for pair in run.pairs] == [2, 3, 4, 5, 6]
+    assert 0.0 <= run.summary()["i"]["repeatability"] <= 1.0 and run.pairs_per_second > 0
+
+
+def test_unknown_method_and_missing_checkpoint_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="unknown method 'surf'; available: kp2d, orb, sift, akaze, xfeat"):
+        get_method("surf")
+    with pytest.raises(ValueError, match="method 'kp2d' needs a checkpoint"):
+        get_method("kp2d")
+
+
+def test_image_size_not_a_multiple_of_the_stride_is_a_clear_error(reference_dir: Path) -> None:
+    method = KeyPointNetMethod(reference_dir / "v0_reference.ckpt", device="cpu")
+    with pytest.raises(ValueError, match="kp2d: image size 100x60 is not a multiple of the network stride 8"):
+        method(np.zeros((60, 100, 3), np.uint8))
