@@ -16,7 +16,9 @@ from kp2d_model.evaluation.baselines import (
     XFeatMethod,
     akaze_available,
 )
-from kp2d_model.evaluation.metrics import METRIC_NAMES, mean_metrics, pair_metrics
+from kp2d_model.evaluation.evaluate import evaluate_method
+from kp2d_model.evaluation.hpatches import find_sequences
+from kp2d_model.evaluation.metrics import METRIC_NAMES
 from kp2d_model.evaluation.synthetic import generate_benchmark, photos_in_folder
 from kp2d_model.photos import SKIMAGE_DATA_DIR
 
@@ -126,19 +128,13 @@ def test_akaze_works_or_says_which_opencv_package_has_it(benchmark: Path) -> Non
 
 
 @pytest.mark.parametrize("name", METHOD_PARAMS)
-def test_method_gives_a_full_result_row_through_the_metric_code(name: str, methods: dict, benchmark: Path) -> None:
-    """Every pair of the 2-sequence set scored by the shared metric code: all six means present and finite."""
-    method = methods[name]
-    results = []
-    for sequence in ("v_coffee", "i_coffee"):
-        points_1, descriptors_1 = method(cv2.imread(str(benchmark / sequence / "1.ppm")))
-        for k in range(2, 7):
-            points_k, descriptors_k = method(cv2.imread(str(benchmark / sequence / f"{k}.ppm")))
-            h = np.loadtxt(benchmark / sequence / f"H_1_{k}")
-            results.append(
-                pair_metrics(points_1, descriptors_1, points_k, descriptors_k, h, (640, 480), 1000, method.norm)
-            )
-    row = mean_metrics(results)
-    assert set(row) == set(METRIC_NAMES)
-    assert all(np.isfinite(value) for value in row.values()), row
+def test_method_gives_a_full_result_row_through_the_evaluation_driver(
+    name: str, methods: dict, benchmark: Path
+) -> None:
+    """The 2-sequence set through the shared loader, driver and metrics at 320x240, top-300: all six finite."""
+    run = evaluate_method(methods[name], find_sequences(benchmark), (320, 240), 300)
+    assert run.method == name
+    row = run.summary()["all"]
+    assert row["pairs"] == 10
+    assert all(np.isfinite(row[metric]) for metric in METRIC_NAMES), row
     assert row["repeatability"] > 0.2 and row["c5"] > 0.5 and row["mscore"] > 0.1, row

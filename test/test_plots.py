@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from kp2d_model.evaluation.plots import draw_matches, per_sequence_means, plot_matches, plot_per_sequence
+from kp2d_model.evaluation.baselines import OrbMethod
+from kp2d_model.evaluation.evaluate import evaluate_method
+from kp2d_model.evaluation.hpatches import find_sequences
+from kp2d_model.evaluation.plots import (
+    draw_matches,
+    per_sequence_means,
+    plot_matches,
+    plot_per_sequence,
+)
+from kp2d_model.evaluation.synthetic import generate_benchmark, photos_in_folder
+from kp2d_model.photos import SKIMAGE_DATA_DIR
 
 RESULTS = {
     "orb": [
@@ -20,11 +31,22 @@ RESULTS = {
     "sift": [
         {"sequence": "v_coffee", "pair": 2, "mscore": 0.5},
         {"sequence": "i_coffee", "pair": 2, "mscore": math.nan},
+        {"sequence": "i_coffee", "pair": 3, "mscore": None},
     ],
 }
 
 
-def test_per_sequence_means_average_the_pairs_and_ignore_non_finite_values() -> None:
+@pytest.fixture(scope="module")
+def benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """v_coffee and i_coffee at 320x240."""
+    photos = tmp_path_factory.mktemp("photos")
+    shutil.copy(SKIMAGE_DATA_DIR / "coffee.png", photos / "coffee.png")
+    out = tmp_path_factory.mktemp("hpatches")
+    generate_benchmark(photos_in_folder(photos), out, seed=0, out_size=(320, 240))
+    return out
+
+
+def test_per_sequence_means_average_the_pairs_and_skip_missing_values() -> None:
     assert per_sequence_means(RESULTS["orb"], "mscore") == pytest.approx({"v_coffee": 0.3, "i_coffee": 0.6})
     means = per_sequence_means(RESULTS["sift"], "mscore")
     assert means["v_coffee"] == pytest.approx(0.5) and math.isnan(means["i_coffee"])
@@ -70,3 +92,13 @@ def test_plot_matches_writes_the_picture_and_checks_shapes(tmp_path: Path) -> No
         plot_matches(image, image, points, points[:5], np.ones(700, bool), tmp_path / "bad.png")
     with pytest.raises(ValueError, match="image_a must be an H x W"):
         plot_matches(image.astype(np.float32), image, points, points, np.ones(700, bool), tmp_path / "bad.png")
+
+
+def test_plot_per_sequence_draws_the_evaluation_driver_runs(benchmark: Path, tmp_path: Path) -> None:
+    run = evaluate_method(OrbMethod(), find_sequences(benchmark), (320, 240), 300)
+    results = {run.method: [pair.as_dict() for pair in run.pairs]}
+    assert len(results["orb"]) == 10
+    means = per_sequence_means(results["orb"], "repeatability")
+    assert set(means) == {"i_coffee", "v_coffee"} and all(0.0 < value <= 1.0 for value in means.values())
+    for metric in ("repeatability", "localization_error", "c3", "mscore"):
+        assert cv2.imread(str(plot_per_sequence(results, tmp_path / f"{metric}.png", metric))) is not None
