@@ -18,6 +18,7 @@ from kp2d_model.evaluation.baselines import (
 )
 from kp2d_model.evaluation.evaluate import evaluate_method
 from kp2d_model.evaluation.hpatches import find_sequences
+from kp2d_model.evaluation.methods import FeatureMethod, get_method
 from kp2d_model.evaluation.metrics import METRIC_NAMES
 from kp2d_model.evaluation.synthetic import generate_benchmark, photos_in_folder
 from kp2d_model.photos import SKIMAGE_DATA_DIR
@@ -138,3 +139,10 @@ def test_method_gives_a_full_result_row_through_the_evaluation_driver(
     assert row["pairs"] == 10
     assert all(np.isfinite(row[metric]) for metric in METRIC_NAMES), row
     assert row["repeatability"] > 0.2 and row["c5"] > 0.5 and row["mscore"] > 0.1, row
+
+
+def test_registry_builds_each_baseline_by_name() -> None:
+    expected = {"orb": OrbMethod, "sift": SiftMethod} | ({} if XFEAT_IMPORT_ERROR else {"xfeat": XFeatMethod})
+    for name, cls in expected.items():
+        method = get_method(name, max_keypoints=100)
+        assert isinstance(method, cls) and isinstance(method, FeatureMethod) and method.max_keypoints == 100
