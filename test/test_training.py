@@ -32,7 +32,7 @@ from kp2d_model.training.config import (
     resolve_config_path,
     valid_keys,
 )
-from kp2d_model.training.trainer import Trainer
+from kp2d_model.training.trainer import Trainer, TrainingError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -267,6 +267,28 @@ def test_resume_gives_the_same_next_step_losses_as_an_uninterrupted_run(image_fo
     assert (final_resumed["step"], final_resumed["epoch"]) == (4, 1)
     for name, value in final_straight["keypoint_net"].items():
         assert torch.allclose(final_resumed["keypoint_net"][name].float(), value.float(), atol=1e-5), name
+
+
+def test_a_new_run_refuses_to_overwrite_an_existing_run_folder(image_folder, tmp_path):
+    Trainer(_config(image_folder, "train.max_steps=1", "log.image_every=0", name="v0"), tmp_path / "run").fit()
+    with pytest.raises(TrainingError, match="already holds a training run.*--resume"):
+        Trainer(_config(image_folder, "train.max_steps=1", name="v0"), tmp_path / "run")
+
+
+def test_an_epoch_logs_hpatches_metrics_and_images_to_tensorboard(image_folder, reference_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    hpatches = reference_dir / "mini_hpatches"
+    config = _config(image_folder, "train.epochs=1", "data.limit=2", f"eval.hpatches_path={hpatches}")
+    result = Trainer(config, tmp_path / "run").fit()
+    assert result.epochs_completed == 1
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"loss/total", "loss/location", "loss/descriptor", "loss/score", "loss/io", "train/recall"} <= scalars
+    assert {"hpatches/repeatability", "hpatches/c1", "hpatches/mscore"} <= scalars
+    assert 0.0 <= events.Scalars("hpatches/repeatability")[0].value <= 1.0
+    assert {"keypoints", "score_heatmap"} <= set(events.Tags()["images"])
 
 
 def test_the_learning_rate_halves_every_lr_decay_epochs(image_folder, tmp_path):

@@ -214,6 +214,12 @@ class TrainResult:
     skipped_images: int = 0
 
 
+def _ignore_interrupts(_worker_id: int) -> None:
+    """DataLoader workers ignore Ctrl-C (it reaches the whole process group): the main process stops them
+    after saving, instead of their death interrupting a step."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class _StopFlag:
     """Set by SIGINT / SIGTERM; a second SIGINT aborts at once."""
 
@@ -325,6 +331,7 @@ class Trainer:
             persistent_workers=data.num_workers > 0,
             pin_memory=self.device.type == "cuda",
             drop_last=False,
+            worker_init_fn=_ignore_interrupts,
         )
 
         self.step = 0
@@ -339,6 +346,11 @@ class Trainer:
         self._window: list[dict[str, float]] = []
         if resume is not None:
             self._load(Path(resume))
+        elif self.checkpoint_path.is_file():
+            raise TrainingError(
+                f"{self.out_dir} already holds a training run ({self.checkpoint_path}); continue it with "
+                f"--resume {self.checkpoint_path}, or choose another --out"
+            )
 
     # --- checkpoints ---------------------------------------------------------------------------------
 
@@ -477,10 +489,16 @@ class Trainer:
         (self.out_dir / "config.yaml").write_text(
             yaml.safe_dump(config_to_dict(self.config), sort_keys=False), encoding="utf-8"
         )
-        self._metrics_file = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        metrics = self.out_dir / "metrics.jsonl"
+        if metrics.is_file():  # resuming: drop steps logged after the checkpoint (they will be redone)
+            lines = metrics.read_text(encoding="utf-8").splitlines()
+            kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= self.step]
+            metrics.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        self._metrics_file = open(metrics, "a", encoding="utf-8")  # noqa: SIM115
         from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=self.step or None)
+        # On resume, events after the checkpoint's step (from the interrupted run) are purged.
+        self._writer = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=self.step + 1 if self.step else None)
         if self.config.log.wandb:
             try:
                 import wandb
