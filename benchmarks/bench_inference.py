@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -109,7 +110,9 @@ def main() -> None:
         )
 
     rng = np.random.default_rng(0)
-    desc_a, desc_b = (torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(1000, 256))).float()) for _ in "ab")
+    desc_a, desc_b = (
+        torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(1000, 256))).float()) for _ in "ab"
+    )
     times = round_robin({"matching": lambda: match_descriptors(desc_a, desc_b)}, args.warmup, args.repeats)
     results["matching_1000x1000"] = summary(times["matching"])
 
@@ -122,12 +125,19 @@ def main() -> None:
         "repeats": args.repeats,
         "warmup": args.warmup,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "load_average_1min_at_end": os.getloadavg()[0],
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
 
-    print(f"threads {torch.get_num_threads()}, median of {args.repeats} runs after {args.warmup} warm-up rounds\n")
-    print("| resolution | forward, plain (ms) | forward, inference path (ms) | detector, top_k 1000 (ms) | detector / plain |")
+    print(
+        f"threads {torch.get_num_threads()}, median of {args.repeats} runs after {args.warmup} warm-up rounds, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n"
+    )
+    print(
+        "| resolution | forward, plain (ms) | forward, inference path (ms) | detector, top_k 1000 (ms) "
+        "| detector / plain |"
+    )
     print("|---|---|---|---|---|")
     print("\n".join(rows))
     print(f"\nmatching 1,000 x 1,000 (mutual NN, 256-dim): {results['matching_1000x1000']['median_ms']:.1f} ms")
