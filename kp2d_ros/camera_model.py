@@ -1,0 +1,71 @@
+"""sensor_msgs/CameraInfo -> undistorted normalised camera coordinates of pixel keypoints (OpenCV).
+
+Normalised coordinates are ``((u - cx) / fx, (v - cy) / fy)`` after removing lens distortion, i.e. the
+x, y of the viewing ray (x, y, 1) in the camera's optical frame (x right, y down, z forward).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+__all__ = ["CameraInfoError", "normalized_coordinates", "check_camera_info"]
+
+# distortion_model -> number of coefficients OpenCV expects (fewer are zero-padded, more are an error).
+DISTORTION_MODELS = {"plumb_bob": 5, "rational_polynomial": 8, "equidistant": 4, "": 0, "none": 0}
+
+
+class CameraInfoError(ValueError):
+    """A CameraInfo that cannot give normalised coordinates; ``kind`` keys throttled warnings."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def check_camera_info(info: Any, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, str]:
+    """Validate ``info`` for an image of ``(W, H)`` pixels -> (K (3, 3), D (n,), distortion model).
+
+    Raises CameraInfoError for an uncalibrated CameraInfo (K[0] == 0), a size that differs from the image,
+    an unknown distortion model or too many coefficients.
+    """
+    k = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
+    if k[0, 0] == 0.0 or k[1, 1] == 0.0:
+        raise CameraInfoError("uncalibrated", "camera_info is uncalibrated (K[0] == 0): no normalised coordinates")
+    if (info.width, info.height) != (0, 0) and (int(info.width), int(info.height)) != tuple(image_size):
+        raise CameraInfoError(
+            "size",
+            f"camera_info is for {info.width} x {info.height} but the image is {image_size[0]} x {image_size[1]}: "
+            "no normalised coordinates",
+        )
+    model = info.distortion_model
+    if model not in DISTORTION_MODELS:
+        raise CameraInfoError(
+            "distortion_model",
+            f"distortion model {model!r} is not supported ({', '.join(m for m in DISTORTION_MODELS if m)})",
+        )
+    d = np.asarray(info.d, dtype=np.float64).reshape(-1)
+    expected = DISTORTION_MODELS[model]
+    if d.size > expected:
+        if np.any(d[expected:]):
+            raise CameraInfoError("distortion_model", f"{model!r} takes {expected} coefficients, got {d.size}")
+        d = d[:expected]
+    if d.size < expected:
+        d = np.concatenate([d, np.zeros(expected - d.size)])
+    return k, d, model
+
+
+def normalized_coordinates(points: np.ndarray, k: np.ndarray, d: np.ndarray, model: str) -> np.ndarray:
+    """``(N, 2)`` pixels -> ``(N, 2)`` float32 undistorted normalised coordinates (see module docstring)."""
+    points = np.ascontiguousarray(points, dtype=np.float64).reshape(-1, 1, 2)
+    if points.shape[0] == 0:
+        return np.zeros((0, 2), np.float32)
+    if model == "equidistant":
+        result = cv2.fisheye.undistortPoints(points, k, d)
+    elif d.size and np.any(d):
+        result = cv2.undistortPoints(points, k, d)
+    else:  # no distortion: the pinhole model only
+        result = (points - k[[0, 1], [2, 2]]) / k[[0, 1], [0, 1]]
+    return result.reshape(-1, 2).astype(np.float32)

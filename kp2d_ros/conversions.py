@@ -1,0 +1,149 @@
+"""sensor_msgs Image / CompressedImage -> NumPy image array for the detector, with input validation.
+
+Every check that can fail on bad input raises :class:`ImageInputError` with a specific reason, so the
+node can warn and go on with the next frame. The pixel conversion itself uses ``cv_bridge`` when it is
+importable (a ROS 2 installation), else ``rosbags-image`` (pure Python, PyPI); rows padded beyond
+``width * bytes_per_pixel`` (``step`` larger than needed) are cropped here first, as rosbags ignores step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+try:  # a ROS 2 installation's cv_bridge (not on PyPI)
+    from cv_bridge import CvBridge
+
+    _BRIDGE: Any = CvBridge()
+    BACKEND = "cv_bridge"
+except ImportError:  # the PyPI route
+    from rosbags.image import image_to_cvimage
+
+    _BRIDGE = None
+    BACKEND = "rosbags-image"
+
+__all__ = ["BACKEND", "ENCODINGS", "ConvertedImage", "ImageInputError", "compressed_to_array", "image_to_array"]
+
+
+class ImageInputError(ValueError):
+    """An input image that cannot be processed; ``kind`` is a short key for throttled warnings."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class _Encoding:
+    channels: int
+    dtype: type
+    channel_order: str  # what the detector is told: "bgr" or "rgb" ("bgr" for grey)
+
+
+ENCODINGS: dict[str, _Encoding] = {
+    "mono8": _Encoding(1, np.uint8, "bgr"),
+    "8UC1": _Encoding(1, np.uint8, "bgr"),
+    "mono16": _Encoding(1, np.uint16, "bgr"),
+    "16UC1": _Encoding(1, np.uint16, "bgr"),
+    "bgr8": _Encoding(3, np.uint8, "bgr"),
+    "8UC3": _Encoding(3, np.uint8, "bgr"),  # no colour order in the encoding: taken as BGR (OpenCV's order)
+    "rgb8": _Encoding(3, np.uint8, "rgb"),
+    "bgra8": _Encoding(4, np.uint8, "bgr"),
+    "rgba8": _Encoding(4, np.uint8, "rgb"),
+}
+
+
+@dataclass
+class ConvertedImage:
+    """``pixels``: ``H x W`` (grey) or ``H x W x C`` uint8; ``channel_order``: ``"bgr"`` or ``"rgb"``."""
+
+    pixels: np.ndarray
+    channel_order: str
+
+
+def _check_size(width: int, height: int, max_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageInputError("empty", f"zero-size image ({width} x {height})")
+    if width * height > max_pixels:
+        raise ImageInputError(
+            "too_large", f"image of {width} x {height} = {width * height} pixels exceeds max_image_pixels={max_pixels}"
+        )
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """16-bit grey -> 8 bits by a per-frame linear stretch of [min, max] to [0, 255] (10/12/16-bit sensors)."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    low, high = int(pixels.min()), int(pixels.max())
+    if high <= low:
+        return np.zeros(pixels.shape, np.uint8)
+    return cv2.convertScaleAbs(pixels, alpha=255.0 / (high - low), beta=-255.0 * low / (high - low))
+
+
+def image_to_array(msg: Any, max_pixels: int = 4096 * 4096) -> ConvertedImage:
+    """Validate a ``sensor_msgs/Image`` and convert it (no copy where the layout allows).
+
+    Supported encodings: mono8, mono16, 8UC1, 16UC1, rgb8, bgr8, rgba8, bgra8, 8UC3 (as BGR). mono16 is
+    stretched to 8 bits per frame. Raises ImageInputError (unsupported encoding, zero size, more than
+    ``max_pixels``, ``step`` smaller than a row, ``data`` shorter than ``step * height``).
+    """
+    encoding = ENCODINGS.get(msg.encoding)
+    if encoding is None:
+        raise ImageInputError(
+            "encoding", f"unsupported encoding {msg.encoding!r} (supported: {', '.join(sorted(ENCODINGS))})"
+        )
+    width, height, step = int(msg.width), int(msg.height), int(msg.step)
+    _check_size(width, height, max_pixels)
+    item_size = np.dtype(encoding.dtype).itemsize
+    row_bytes = width * encoding.channels * item_size
+    if step < row_bytes:
+        raise ImageInputError(
+            "step", f"step {step} is smaller than width x bytes per pixel = {row_bytes} ({msg.encoding}, width {width})"
+        )
+    if step % item_size:
+        raise ImageInputError("step", f"step {step} is not a multiple of the {item_size}-byte sample size")
+    if len(msg.data) < step * height:
+        raise ImageInputError(
+            "data_size",
+            f"data has {len(msg.data)} bytes, fewer than step x height = {step} x {height} = {step * height}",
+        )
+
+    if step != row_bytes or len(msg.data) != step * height:
+        pixels = _strided_view(msg, encoding, width, height, step)
+    elif _BRIDGE is not None:
+        pixels = _BRIDGE.imgmsg_to_cv2(msg, desired_encoding="passthrough")
+    else:
+        pixels = image_to_cvimage(msg)
+    return ConvertedImage(_to_uint8(np.asarray(pixels)), encoding.channel_order)
+
+
+def _strided_view(msg: Any, encoding: _Encoding, width: int, height: int, step: int) -> np.ndarray:
+    """Rows padded to ``step`` bytes: view the first ``width`` pixels of each row (honours is_bigendian)."""
+    dtype = np.dtype(encoding.dtype).newbyteorder(">" if msg.is_bigendian else "<")
+    rows = np.frombuffer(msg.data, np.uint8, count=step * height).reshape(height, step)
+    pixels = rows[:, : width * encoding.channels * dtype.itemsize].view(dtype)
+    pixels = pixels.reshape((height, width) if encoding.channels == 1 else (height, width, encoding.channels))
+    return pixels.astype(encoding.dtype) if dtype.itemsize > 1 else pixels  # multi-byte: to native byte order
+
+
+def compressed_to_array(msg: Any, max_pixels: int = 4096 * 4096) -> ConvertedImage:
+    """Decode a ``sensor_msgs/CompressedImage`` (JPEG, PNG, ...) to BGR or grey uint8.
+
+    Raises ImageInputError for empty or undecodable data and for more than ``max_pixels`` (checked after
+    decoding; OpenCV itself refuses images over 2^30 pixels). 16-bit images are reduced to 8 bits.
+    """
+    if len(msg.data) == 0:
+        raise ImageInputError("compressed", "compressed image with no data")
+    buffer = np.frombuffer(msg.data, np.uint8)
+    pixels = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise ImageInputError("compressed", f"could not decode compressed image (format {msg.format!r})")
+    _check_size(pixels.shape[1], pixels.shape[0], max_pixels)
+    if pixels.ndim == 3 and pixels.shape[2] not in (3, 4):
+        raise ImageInputError("compressed", f"decoded image has {pixels.shape[2]} channels")
+    if pixels.dtype != np.uint8:
+        pixels = _to_uint8(pixels) if pixels.ndim == 2 else (pixels // 257).astype(np.uint8)
+    return ConvertedImage(pixels, "bgr")

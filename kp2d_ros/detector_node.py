@@ -1,0 +1,611 @@
+"""The ``detector`` node: KeyPointNet keypoints, descriptors and frame-to-frame matches for camera images.
+
+Subscribes ``image`` (sensor_msgs/Image), optionally ``<image>/compressed`` and ``camera_info``; publishes
+``~/keypoints`` (kp2d_ros_msgs/Keypoints), ``~/matches`` (kp2d_ros_msgs/Matches), ``~/debug_image`` (only
+built while subscribed) and ``/diagnostics``. Output headers are the source image's header.
+
+Latest-frame processing: subscription callbacks only store the newest frame in a one-slot buffer (a frame
+that replaces an unprocessed one is counted as dropped); a worker thread converts, runs the network (GPU
+when present), matches against the previous processed frame on the same device, carries track ids and
+publishes. The executor thread stays free for parameter services while the worker runs inference.
+Bad input (any frame) gives a throttled, specific warning and the node goes on with the next frame.
+Parameters: see ``docs/ros.md`` and ``config/detector.yaml``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import rclpy
+import torch
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+from kp2d_model import CheckpointError, KeypointDetector, match_descriptors, verify_geometry
+from kp2d_model.checkpoint import default_checkpoint_path
+from kp2d_ros.camera_model import CameraInfoError, check_camera_info, normalized_coordinates
+from kp2d_ros.conversions import BACKEND, ConvertedImage, ImageInputError, compressed_to_array, image_to_array
+from kp2d_ros.debug_image import draw_debug_image
+from kp2d_ros.messages import keypoints_message, matches_message, to_array
+from kp2d_ros.tracks import TrackHistory, TrackIds, carry_tracks
+from kp2d_ros_msgs.msg import Keypoints, Matches
+
+try:
+    import message_filters
+except ImportError:
+    message_filters = None
+try:
+    import diagnostic_updater
+except ImportError:
+    diagnostic_updater = None
+
+__all__ = ["DetectorNode", "main"]
+
+GEOMETRY_MODELS = ("none", "homography", "fundamental")
+IMAGE_QOS = ("sensor_data", "reliable")
+CAMERA_INFO_SYNC = ("exact", "approximate", "latest")
+WARN_PERIOD_S = 5.0
+
+
+def _stamp_ns(stamp: Time) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The parameters that may change at runtime (one immutable snapshot per processed frame)."""
+
+    top_k: int
+    score_threshold: float
+    nms_radius: int
+    matching_mutual: bool
+    matching_ratio: float  # 0: off
+    matching_max_distance: float  # 0: off
+    geometry: str
+    geometry_threshold: float
+    publish_descriptors: bool
+    max_image_pixels: int
+    debug_image: bool
+    debug_tail_length: int
+
+
+# name -> (default, description, extra descriptor fields); read_only parameters need a restart.
+def _int_range(low: int, high: int) -> dict[str, Any]:
+    return {"integer_range": [IntegerRange(from_value=low, to_value=high, step=1)]}
+
+
+def _float_range(low: float, high: float) -> dict[str, Any]:
+    return {"floating_point_range": [FloatingPointRange(from_value=low, to_value=high, step=0.0)]}
+
+
+PARAMETERS: dict[str, tuple[Any, str, dict[str, Any]]] = {
+    "model": ("", "checkpoint path (.ckpt/.safetensors/.pt); empty: the bundled default model", {"read_only": True}),
+    "device": ("auto", "torch device: auto (CUDA when present), cpu, cuda, cuda:N", {"read_only": True}),
+    "half": (False, "fp16 autocast on CUDA (ignored on the CPU)", {"read_only": True}),
+    "num_threads": (0, "torch CPU threads (0: torch's default)", {"read_only": True, **_int_range(0, 256)}),
+    "input_width": (0, "resize images to this width before the network (0 with input_height 0: native size)",
+                    {"read_only": True, **_int_range(0, 8192)}),
+    "input_height": (0, "resize height (see input_width)", {"read_only": True, **_int_range(0, 8192)}),
+    "image_qos": ("sensor_data", "image subscription QoS: sensor_data (BEST_EFFORT, depth 1) or reliable (depth 1)",
+                  {"read_only": True}),
+    "use_compressed": (False, "also subscribe <image>/compressed (sensor_msgs/CompressedImage)", {"read_only": True}),
+    "use_camera_info": (False, "use camera_info for undistorted normalised coordinates", {"read_only": True}),
+    "camera_info_sync": ("exact", "exact / approximate (message_filters) or latest (newest CameraInfo)",
+                         {"read_only": True}),
+    "camera_info_slop": (0.02, "approximate sync slop in seconds", {"read_only": True, **_float_range(0.0, 1.0)}),
+    "top_k": (1000, "keep at most this many keypoints per image", _int_range(1, 100000)),
+    "score_threshold": (0.0, "keep keypoints with score > this", _float_range(0.0, 1.0)),
+    "nms_radius": (0, "cell non-maximum suppression radius in cells (0: off)", _int_range(0, 16)),
+    "matching.mutual": (True, "keep only mutual nearest neighbours", {}),
+    "matching.ratio": (0.0, "Lowe ratio test threshold (0: off)", _float_range(0.0, 1.0)),
+    "matching.max_distance": (0.0, "maximum descriptor L2 distance (0: off)", _float_range(0.0, 2.0)),
+    "matching.geometry": ("none", "geometric verification: none, homography or fundamental", {}),
+    "matching.geometry_threshold": (3.0, "inlier threshold in pixels", _float_range(0.1, 100.0)),
+    "publish_descriptors": (True, "fill Keypoints.descriptors (N x D float32)", {}),
+    "max_image_pixels": (4096 * 4096, "larger images are rejected with a warning", _int_range(1, 1 << 30)),
+    "debug_image": (True, "publish ~/debug_image (built only while subscribed)", {}),
+    "debug_tail_length": (10, "frames of track tail drawn in the debug image", _int_range(1, 100)),
+}  # fmt: skip
+
+RUNTIME_NAMES = {
+    "top_k": "top_k",
+    "score_threshold": "score_threshold",
+    "nms_radius": "nms_radius",
+    "matching.mutual": "matching_mutual",
+    "matching.ratio": "matching_ratio",
+    "matching.max_distance": "matching_max_distance",
+    "matching.geometry": "geometry",
+    "matching.geometry_threshold": "geometry_threshold",
+    "publish_descriptors": "publish_descriptors",
+    "max_image_pixels": "max_image_pixels",
+    "debug_image": "debug_image",
+    "debug_tail_length": "debug_tail_length",
+}
+
+
+@dataclass
+class Frame:
+    """One received frame waiting for the worker."""
+
+    msg: Image | CompressedImage
+    camera_info: CameraInfo | None
+    received_ns: int  # time.monotonic_ns() at receipt
+
+
+@dataclass
+class PreviousFrame:
+    """What the next frame is matched against."""
+
+    stamp: Time
+    stamp_ns: int
+    points: np.ndarray  # (N, 2) float32 pixels
+    descriptors: torch.Tensor  # (N, D) on the detector's device
+    tracks: TrackIds
+
+
+class LatestFrameSlot:
+    """One-slot buffer: ``put`` replaces an unprocessed frame (counted as dropped), ``take`` waits for one."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._frame: Frame | None = None
+        self._closed = False
+        self.dropped = 0
+
+    def put(self, frame: Frame) -> None:
+        with self._condition:
+            if self._frame is not None:
+                self.dropped += 1
+            self._frame = frame
+            self._condition.notify()
+
+    def take(self, timeout: float) -> Frame | None:
+        with self._condition:
+            if self._frame is None and not self._closed:
+                self._condition.wait(timeout)
+            frame, self._frame = self._frame, None
+            return frame
+
+    def close(self) -> None:
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+
+
+class Statistics:
+    """Counters and timings since the last diagnostics report (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.received = self.processed = self.rejected = self.failed = 0
+        self.latency_ms: list[float] = []
+        self.inference_ms: list[float] = []
+        self.last_received_ns = 0
+
+    def count_received(self) -> None:
+        with self._lock:
+            self.received += 1
+            self.last_received_ns = time.monotonic_ns()
+
+    def count(self, what: str) -> None:
+        with self._lock:
+            setattr(self, what, getattr(self, what) + 1)
+
+    def add_processed(self, latency_ms: float, inference_ms: float) -> None:
+        with self._lock:
+            self.processed += 1
+            self.latency_ms.append(latency_ms)
+            self.inference_ms.append(inference_ms)
+
+    def take(self) -> dict[str, Any]:
+        """Counters since the last call, then reset."""
+        with self._lock:
+            snapshot = {
+                "received": self.received,
+                "processed": self.processed,
+                "rejected": self.rejected,
+                "failed": self.failed,
+                "latency_ms": self.latency_ms,
+                "inference_ms": self.inference_ms,
+                "last_received_ns": self.last_received_ns,
+            }
+            self.received = self.processed = self.rejected = self.failed = 0
+            self.latency_ms, self.inference_ms = [], []
+            return snapshot
+
+
+class _StatusBuilder:
+    """The part of diagnostic_updater's DiagnosticStatusWrapper used here, for when it is not installed."""
+
+    def __init__(self, name: str, hardware_id: str):
+        self.status = DiagnosticStatus(name=name, hardware_id=hardware_id)
+
+    def summary(self, level: bytes, message: str) -> None:
+        self.status.level, self.status.message = level, message
+
+    def add(self, key: str, value: Any) -> None:
+        self.status.values.append(KeyValue(key=key, value=str(value)))
+
+
+class DetectorNode(Node):
+    """KeyPointNet detector node (see the module docstring).
+
+    detector: an already built :class:`KeypointDetector` (tests, embedding); None builds one from the
+    ``model``/``device``/``half``/``input_*`` parameters. Raises CheckpointError / ValueError for a bad
+    configuration at start-up (no model, invalid parameter combination).
+    """
+
+    def __init__(self, detector: KeypointDetector | None = None, **node_kwargs: Any):
+        super().__init__("kp2d_detector", **node_kwargs)
+        for name, (default, description, extra) in PARAMETERS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(description=description, **extra))
+        self._settings = self._read_settings()
+        self._check_startup_parameters()
+        self._warned: dict[str, tuple[float, int]] = {}
+        self._detector = detector if detector is not None else self._build_detector()
+        self._device = self._detector.device
+
+        self._slot = LatestFrameSlot()
+        self._stats = Statistics()
+        self._previous: PreviousFrame | None = None
+        self._next_track_id = 1
+        self._sequence = 0
+        self._history = TrackHistory(self._settings.debug_tail_length)
+        self._latest_camera_info: CameraInfo | None = None
+        self._debug_images_published = 0
+
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        output_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        self._keypoints_pub = self.create_publisher(Keypoints, "~/keypoints", output_qos)
+        self._matches_pub = self.create_publisher(Matches, "~/matches", output_qos)
+        self._debug_pub = self.create_publisher(Image, "~/debug_image", QoSProfile(depth=1))
+        self._setup_diagnostics()
+        self._setup_subscriptions()
+
+        self._running = True
+        self._worker = threading.Thread(target=self._work, name="kp2d_detector_worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"ready: model {self._model_name}, device {self._device}, image topic {self.resolve_topic_name('image')}, "
+            f"conversion via {BACKEND}"
+        )
+
+    # --- start-up ------------------------------------------------------------------------------------
+
+    def _param(self, name: str) -> Any:
+        return self.get_parameter(name).value
+
+    def _read_settings(self) -> Settings:
+        return Settings(**{field: self._param(name) for name, field in RUNTIME_NAMES.items()})
+
+    def _check_startup_parameters(self) -> None:
+        problems = [self._invalid_reason(name, self._param(name)) for name in PARAMETERS]
+        problems = [p for p in problems if p]
+        if (self._param("input_width") == 0) != (self._param("input_height") == 0):
+            problems.append("input_width and input_height must both be 0 (native size) or both > 0")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @staticmethod
+    def _invalid_reason(name: str, value: Any) -> str | None:
+        """Why ``value`` is not valid for parameter ``name`` beyond its type and range (None: valid)."""
+        choices = {"matching.geometry": GEOMETRY_MODELS, "image_qos": IMAGE_QOS, "camera_info_sync": CAMERA_INFO_SYNC}
+        if name in choices and value not in choices[name]:
+            return f"{name} must be one of {', '.join(choices[name])}, got {value!r}"
+        return None
+
+    def _build_detector(self) -> KeypointDetector:
+        model = self._param("model")
+        if not model and not default_checkpoint_path().is_file():
+            raise CheckpointError(
+                f"no model: the default model {default_checkpoint_path()} is not installed; pass a checkpoint with "
+                "'--ros-args -p model:=/path/to/model.ckpt' (released KP2D .ckpt, project .safetensors or trainer .pt)"
+            )
+        if model and not os.path.isfile(model):
+            raise CheckpointError(f"model file {model!r} does not exist (parameter 'model')")
+        if self._param("num_threads") > 0:
+            torch.set_num_threads(self._param("num_threads"))
+        width, height = self._param("input_width"), self._param("input_height")
+        s = self._settings
+        detector = KeypointDetector(
+            checkpoint=model or None,
+            device=self._param("device"),
+            top_k=s.top_k,
+            score_threshold=s.score_threshold,
+            nms_radius=s.nms_radius,
+            half=self._param("half"),
+            input_size=(width, height) if width and height else None,
+        )
+        self._model_name = model or str(default_checkpoint_path())
+        return detector
+
+    def _setup_subscriptions(self) -> None:
+        reliability = (
+            ReliabilityPolicy.BEST_EFFORT if self._param("image_qos") == "sensor_data" else ReliabilityPolicy.RELIABLE
+        )
+        image_qos = QoSProfile(depth=1, reliability=reliability, history=HistoryPolicy.KEEP_LAST)
+        info_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
+        sync = self._param("camera_info_sync")
+        use_info = self._param("use_camera_info")
+        if use_info and sync != "latest" and message_filters is None:
+            self.get_logger().warning(
+                f"camera_info_sync={sync} needs message_filters, which is not installed: using the latest CameraInfo"
+            )
+            sync = "latest"
+        if use_info and sync != "latest":
+            # message_filters' Python Subscriber defaults to a RELIABLE profile: pass the QoS explicitly.
+            image_sub = message_filters.Subscriber(self, Image, "image", qos_profile=image_qos)
+            info_sub = message_filters.Subscriber(self, CameraInfo, "camera_info", qos_profile=info_qos)
+            if sync == "exact":
+                self._sync = message_filters.TimeSynchronizer([image_sub, info_sub], 10)
+            else:
+                slop = self._param("camera_info_slop")
+                self._sync = message_filters.ApproximateTimeSynchronizer([image_sub, info_sub], 10, slop)
+            self._sync.registerCallback(self._on_image_and_info)
+        else:
+            self.create_subscription(Image, "image", self._on_image, image_qos)
+            if use_info:
+                self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, info_qos)
+        if self._param("use_compressed"):
+            topic = self.resolve_topic_name("image") + "/compressed"
+            self.create_subscription(CompressedImage, topic, self._on_image, image_qos)
+
+    def _setup_diagnostics(self) -> None:
+        self._diagnostic_name = f"{self.get_fully_qualified_name()}: keypoints"
+        if diagnostic_updater is not None:
+            self._updater = diagnostic_updater.Updater(self, period=1.0)
+            self._updater.setHardwareID(str(self._device))
+            self._updater.add("keypoints", self._fill_diagnostics)
+            return
+        self.get_logger().info("diagnostic_updater not installed: publishing /diagnostics (DiagnosticArray) directly")
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diagnostics_period = 1.0
+        self._diagnostics_last = time.monotonic()
+        self.create_timer(self._diagnostics_period, self._publish_diagnostics)
+
+    # --- callbacks (executor thread: keep them short) --------------------------------------------------
+
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        self._stats.count_received()
+        camera_info = self._latest_camera_info if self._param("use_camera_info") else None
+        self._slot.put(Frame(msg, camera_info, time.monotonic_ns()))
+
+    def _on_image_and_info(self, msg: Image, camera_info: CameraInfo) -> None:
+        self._stats.count_received()
+        self._slot.put(Frame(msg, camera_info, time.monotonic_ns()))
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._latest_camera_info = msg
+
+    def _on_set_parameters(self, parameters: list[Any]) -> SetParametersResult:
+        """Validate runtime changes (types, ranges and read-only are checked by rclpy) and apply them."""
+        changes = {}
+        for parameter in parameters:
+            reason = self._invalid_reason(parameter.name, parameter.value)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+            if parameter.name in RUNTIME_NAMES:
+                changes[RUNTIME_NAMES[parameter.name]] = parameter.value
+        if changes:
+            self._settings = replace(self._settings, **changes)  # one reference swap: the worker sees all or none
+            self.get_logger().info(f"parameters changed: {changes}")
+        return SetParametersResult(successful=True)
+
+    # --- worker thread -----------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while self._running:
+            frame = self._slot.take(timeout=0.2)
+            if frame is None or not self._running:
+                continue
+            try:
+                self._process(frame)
+            except ImageInputError as error:
+                self._stats.count("rejected")
+                self._warn(f"image:{error.kind}", f"frame skipped: {error}")
+            except torch.OutOfMemoryError as error:
+                self._stats.count("failed")
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self._warn("oom", f"frame skipped: out of memory on {self._device} ({str(error).splitlines()[0]}); "
+                           "consider input_width/input_height, top_k or half")  # fmt: skip
+            except Exception as error:  # a model failure on one frame must not stop the node
+                self._stats.count("failed")
+                self._warn(f"failure:{type(error).__name__}", f"frame skipped: processing failed: {error!r}")
+
+    def _warn(self, kind: str, message: str) -> None:
+        """A warning at most every WARN_PERIOD_S per kind, with the number of suppressed repeats."""
+        now = time.monotonic()
+        last, suppressed = self._warned.get(kind, (-1e9, 0))
+        if now - last < WARN_PERIOD_S:
+            self._warned[kind] = (last, suppressed + 1)
+            return
+        repeats = f" ({suppressed} similar suppressed)" if suppressed else ""
+        self.get_logger().warning(message + repeats)
+        self._warned[kind] = (now, 0)
+
+    def _convert(self, frame: Frame, settings: Settings) -> ConvertedImage:
+        if isinstance(frame.msg, CompressedImage):
+            return compressed_to_array(frame.msg, settings.max_image_pixels)
+        return image_to_array(frame.msg, settings.max_image_pixels)
+
+    def _process(self, frame: Frame) -> None:
+        settings = self._settings
+        header = frame.msg.header
+        image = self._convert(frame, settings)
+        height, width = image.pixels.shape[:2]
+        stamp_ns = _stamp_ns(header.stamp)
+        previous = self._previous
+        if previous is not None and stamp_ns < previous.stamp_ns:
+            self._warn(
+                "stamp_backwards",
+                f"image stamp went backwards ({stamp_ns / 1e9:.3f} s < {previous.stamp_ns / 1e9:.3f} s): "
+                "matching and tracks reset",
+            )
+            previous = self._previous = None
+            self._history.clear()
+
+        detector = self._detector
+        detector.top_k, detector.score_threshold, detector.nms_radius = (
+            settings.top_k,
+            settings.score_threshold,
+            settings.nms_radius,
+        )
+        start = time.perf_counter()
+        detections = detector(image.pixels, channel_order=image.channel_order)
+        inference_ms = (time.perf_counter() - start) * 1e3
+
+        if previous is not None:
+            matches = match_descriptors(
+                previous.descriptors,
+                detections.descriptors,
+                mutual=settings.matching_mutual,
+                ratio=settings.matching_ratio or None,
+                max_distance=settings.matching_max_distance or None,
+            )
+            previous_index = matches.index_a.cpu().numpy()
+            current_index = matches.index_b.cpu().numpy()
+            distance = matches.distance.cpu().numpy()
+        else:
+            previous_index = current_index = np.zeros(0, np.int64)
+            distance = np.zeros(0, np.float32)
+        points = detections.keypoints.cpu().numpy()
+        scores = detections.scores.cpu().numpy()
+
+        previous_points = previous.points[previous_index] if previous is not None else np.zeros((0, 2), np.float32)
+        current_points = points[current_index]
+        model, inlier = None, None
+        if settings.geometry != "none":
+            model, inlier = verify_geometry(
+                previous_points, current_points, model=settings.geometry, threshold=settings.geometry_threshold
+            )
+        carried = inlier if inlier is not None else slice(None)
+        tracks, self._next_track_id = carry_tracks(
+            previous.tracks if previous is not None else None,
+            len(points),
+            previous_index[carried],
+            current_index[carried],
+            self._next_track_id,
+        )
+
+        normalized = None
+        if frame.camera_info is not None:
+            try:
+                k, d, distortion = check_camera_info(frame.camera_info, (width, height))
+                normalized = normalized_coordinates(points, k, d, distortion)
+            except CameraInfoError as error:
+                self._warn(f"camera_info:{error.kind}", str(error))
+        elif self._param("use_camera_info"):
+            self._warn("camera_info:none", "use_camera_info is set but no camera_info has been received yet")
+
+        self._sequence += 1
+        descriptors = detections.descriptors.cpu().numpy() if settings.publish_descriptors else None
+        self._keypoints_pub.publish(
+            keypoints_message(
+                header, self._sequence, (width, height), points, scores, tracks.ids, tracks.lengths,
+                normalized, descriptors,
+            )
+        )  # fmt: skip
+        self._matches_pub.publish(
+            matches_message(
+                header, previous.stamp if previous is not None else None, previous_index, current_index, distance,
+                previous_points, current_points, settings.geometry, inlier, model,
+            )
+        )  # fmt: skip
+        self._history.resize(settings.debug_tail_length)
+        self._history.add(tracks.ids, points)
+        if settings.debug_image and self._debug_pub.get_subscription_count() > 0:
+            self._publish_debug_image(header, image, points, tracks.lengths)
+
+        self._previous = PreviousFrame(header.stamp, stamp_ns, points, detections.descriptors, tracks)
+        self._stats.add_processed((time.monotonic_ns() - frame.received_ns) / 1e6, inference_ms)
+
+    def _publish_debug_image(self, header: Any, image: ConvertedImage, points: np.ndarray, lengths: np.ndarray) -> None:
+        canvas = draw_debug_image(image.pixels, image.channel_order, points, lengths, self._history.segments())
+        msg = Image(header=header, height=canvas.shape[0], width=canvas.shape[1], encoding="bgr8")
+        msg.step = canvas.shape[1] * 3
+        msg.data = to_array("B", canvas)
+        self._debug_pub.publish(msg)
+        self._debug_images_published += 1
+
+    # --- diagnostics -------------------------------------------------------------------------------
+
+    def _fill_diagnostics(self, stat: Any) -> Any:
+        """Fill a DiagnosticStatusWrapper-like ``stat`` with rates, latency and drops since the last report."""
+        now = time.monotonic()
+        period = max(1e-3, now - getattr(self, "_diagnostics_last", now - 1.0))
+        self._diagnostics_last = now
+        snapshot = self._stats.take()
+        dropped, self._slot.dropped = self._slot.dropped, 0
+        latency, inference = snapshot["latency_ms"], snapshot["inference_ms"]
+        idle_s = (time.monotonic_ns() - snapshot["last_received_ns"]) / 1e9 if snapshot["last_received_ns"] else None
+        if snapshot["received"] == 0:
+            level, message = DiagnosticStatus.WARN, "no images received"
+        elif snapshot["failed"] or snapshot["rejected"]:
+            level = DiagnosticStatus.WARN
+            message = f"{snapshot['rejected']} rejected / {snapshot['failed']} failed frames"
+        else:
+            level, message = DiagnosticStatus.OK, "processing"
+        stat.summary(level, message)
+        stat.add("input rate (Hz)", f"{snapshot['received'] / period:.2f}")
+        stat.add("output rate (Hz)", f"{snapshot['processed'] / period:.2f}")
+        stat.add("dropped frames (newer frame arrived first)", dropped)
+        stat.add("rejected frames (bad input)", snapshot["rejected"])
+        stat.add("failed frames (model errors)", snapshot["failed"])
+        stat.add("latency mean (ms, receipt to publish)", f"{np.mean(latency):.1f}" if latency else "n/a")
+        stat.add("latency max (ms)", f"{np.max(latency):.1f}" if latency else "n/a")
+        stat.add("inference mean (ms)", f"{np.mean(inference):.1f}" if inference else "n/a")
+        stat.add("seconds since last image", f"{idle_s:.1f}" if idle_s is not None else "never")
+        stat.add("debug images published", self._debug_images_published)
+        stat.add("device", str(self._device))
+        return stat
+
+    def _publish_diagnostics(self) -> None:
+        builder = _StatusBuilder(self._diagnostic_name, str(self._device))
+        self._fill_diagnostics(builder)
+        array = DiagnosticArray(status=[builder.status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics_pub.publish(array)
+
+    # --- shutdown ----------------------------------------------------------------------------------
+
+    def destroy_node(self) -> None:
+        self._running = False
+        self._slot.close()
+        if self._worker.is_alive():
+            self._worker.join(timeout=10.0)
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    """``ros2 run kp2d_ros detector [--ros-args ...]``."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = DetectorNode()
+        rclpy.spin(node)
+    except (CheckpointError, ValueError) as error:
+        rclpy.logging.get_logger("kp2d_detector").fatal(f"cannot start: {error}")
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
