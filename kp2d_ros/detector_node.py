@@ -27,6 +27,7 @@ import torch
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -253,6 +254,7 @@ class DetectorNode(Node):
         self._settings = self._read_settings()
         self._check_startup_parameters()
         self._warned: dict[str, tuple[float, int]] = {}
+        self._model_name = f"given {type(detector).__name__}"
         self._detector = detector if detector is not None else self._build_detector()
         self._device = self._detector.device
 
@@ -595,7 +597,8 @@ def main(args: list[str] | None = None) -> int:
     try:
         node = DetectorNode()
         rclpy.spin(node)
-    except (CheckpointError, ValueError) as error:
+    except (CheckpointError, ValueError, ParameterException) as error:
+        # A configuration problem (no model, invalid parameter): say which and how to fix it, exit 2.
         rclpy.logging.get_logger("kp2d_detector").fatal(f"cannot start: {error}")
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):

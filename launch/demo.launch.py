@@ -1,0 +1,63 @@
+# ruff: noqa: I001  (ruff takes `launch` for this repository's launch/ folder, not the ROS package)
+"""Demo: camera_sim (a virtual camera moving over a photo) feeding the kp2d_ros detector.
+
+    ros2 launch kp2d_ros demo.launch.py [model:=/path/to/model.ckpt] [num_frames:=300] [source:=/path/photo.png]
+
+Topics: /camera/image, /camera/camera_info, /camera/ground_truth; /kp2d/kp2d_detector/{keypoints,matches,
+debug_image}. View the debug image with e.g. rqt_image_view /kp2d/kp2d_detector/debug_image.
+"""
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.descriptions import ParameterValue
+from launch_ros.substitutions import FindPackageShare
+
+ARGUMENTS = {
+    "model": ("", "detector checkpoint; empty: the bundled default model"),
+    "device": ("auto", "auto, cpu, cuda or cuda:N"),
+    "source": ("", "camera_sim source: photo, image folder or video; empty: scikit-image's astronaut photo"),
+    "rate": ("10.0", "camera_sim frame rate (Hz)"),
+    "num_frames": ("0", "stop the camera after this many frames (0: never)"),
+    "width": ("640", "camera_sim frame width"),
+    "height": ("480", "camera_sim frame height"),
+}
+
+
+def generate_launch_description() -> LaunchDescription:
+    arguments = [
+        DeclareLaunchArgument(name, default_value=default, description=description)
+        for name, (default, description) in ARGUMENTS.items()
+    ]
+    camera = Node(
+        package="kp2d_ros",
+        executable="camera_sim",
+        namespace="camera",
+        parameters=[
+            {
+                "source": LaunchConfiguration("source"),
+                "rate": ParameterValue(LaunchConfiguration("rate"), value_type=float),
+                "num_frames": ParameterValue(LaunchConfiguration("num_frames"), value_type=int),
+                "width": ParameterValue(LaunchConfiguration("width"), value_type=int),
+                "height": ParameterValue(LaunchConfiguration("height"), value_type=int),
+            }
+        ],
+        output="screen",
+    )
+    detector = IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(
+            PathJoinSubstitution([FindPackageShare("kp2d_ros"), "launch", "detector.launch.py"])
+        ),
+        launch_arguments={
+            "namespace": "kp2d",
+            "image": "/camera/image",
+            "camera_info": "/camera/camera_info",
+            "model": LaunchConfiguration("model"),
+            "device": LaunchConfiguration("device"),
+            "use_camera_info": "true",
+            "geometry": "homography",  # the photo is planar
+        }.items(),
+    )
+    return LaunchDescription([*arguments, camera, detector])

@@ -1,0 +1,57 @@
+# ruff: noqa: I001  (ruff takes `launch` for this repository's launch/ folder, not the ROS package)
+"""Launch the kp2d_ros detector node.
+
+    ros2 launch kp2d_ros detector.launch.py image:=/camera/image_raw camera_info:=/camera/camera_info \
+        model:=/path/to/model.ckpt device:=cuda use_camera_info:=true
+
+Parameters come from ``params_file`` (default: the package's config/detector.yaml), then the overrides given
+as launch arguments (model, device, use_camera_info, debug_image, geometry).
+"""
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.descriptions import ParameterValue
+from launch_ros.substitutions import FindPackageShare
+
+ARGUMENTS = {
+    "image": ("image", "input sensor_msgs/Image topic (its /compressed sibling is used with use_compressed)"),
+    "camera_info": ("camera_info", "input sensor_msgs/CameraInfo topic"),
+    "model": ("", "checkpoint path; empty: the bundled default model"),
+    "device": ("auto", "auto, cpu, cuda or cuda:N"),
+    "params_file": (
+        PathJoinSubstitution([FindPackageShare("kp2d_ros"), "config", "detector.yaml"]),
+        "YAML parameter file for the detector",
+    ),
+    "namespace": ("", "namespace of the node (outputs: <namespace>/kp2d_detector/...)"),
+    "node_name": ("kp2d_detector", "name of the node"),
+    "use_camera_info": ("false", "compute undistorted normalised coordinates from camera_info"),
+    "debug_image": ("true", "publish ~/debug_image while it has subscribers"),
+    "geometry": ("none", "geometric verification of matches: none, homography or fundamental"),
+}
+
+
+def generate_launch_description() -> LaunchDescription:
+    arguments = [
+        DeclareLaunchArgument(name, default_value=default, description=description)
+        for name, (default, description) in ARGUMENTS.items()
+    ]
+    overrides = {
+        "model": LaunchConfiguration("model"),
+        "device": LaunchConfiguration("device"),
+        "use_camera_info": ParameterValue(LaunchConfiguration("use_camera_info"), value_type=bool),
+        "debug_image": ParameterValue(LaunchConfiguration("debug_image"), value_type=bool),
+        "matching.geometry": LaunchConfiguration("geometry"),
+    }
+    detector = Node(
+        package="kp2d_ros",
+        executable="detector",
+        name=LaunchConfiguration("node_name"),
+        namespace=LaunchConfiguration("namespace"),
+        parameters=[LaunchConfiguration("params_file"), overrides],
+        remappings=[("image", LaunchConfiguration("image")), ("camera_info", LaunchConfiguration("camera_info"))],
+        output="screen",
+        emulate_tty=True,
+    )
+    return LaunchDescription([*arguments, detector])

@@ -1,0 +1,38 @@
+"""The installed ``ros2 run kp2d_ros <name>`` executables exist, use the venv's Python and start."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib import import_module
+from pathlib import Path
+
+import pytest
+from ros_helpers import INSTALL_BIN, REPO_ROOT, require_ros
+
+pytestmark = pytest.mark.integration
+require_ros()
+
+
+@pytest.mark.parametrize("name", ["detector", "camera_sim", "train", "evaluate"])
+def test_executable_is_installed_for_ros2_run_with_the_venv_python(name):
+    path = INSTALL_BIN / name
+    assert path.is_file(), f"{path} missing (colcon build of kp2d_ros)"
+    shebang = path.read_text().splitlines()[0]
+    assert Path(shebang[2:]).resolve() == Path(sys.executable).resolve() or shebang.startswith(
+        f"#!{REPO_ROOT / '.venv' / 'bin' / 'python'}"
+    ), shebang
+
+
+@pytest.mark.parametrize(("name", "usage"), [("train", "usage:"), ("evaluate", "usage:")])
+def test_train_and_evaluate_forward_to_the_model_library(name, usage):
+    result = subprocess.run(
+        [str(INSTALL_BIN / name), "--help", "--ros-args", "-r", "__ns:=/x"],
+        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert usage in result.stdout.lower()
+    module = {"train": "kp2d_model.training.cli", "evaluate": "kp2d_model.evaluation.cli"}[name]
+    parser = import_module(module).build_parser()
+    options = [option for action in parser._actions for option in action.option_strings]
+    assert options and all(option in result.stdout for option in options), "the library's own --help"
