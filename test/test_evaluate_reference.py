@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from kp2d_model.evaluation.evaluate import EvaluationRun, PairResult, evaluate_method, format_table
-from kp2d_model.evaluation.hpatches import find_sequences, load_sequence
+from kp2d_model.evaluation.hpatches import HPatchesError, find_sequences, load_sequence
 from kp2d_model.evaluation.methods import KeyPointNetMethod, get_method
 from kp2d_model.evaluation.metrics import PairMetrics
 
@@ -87,3 +90,28 @@ def test_image_size_not_a_multiple_of_the_stride_is_a_clear_error(reference_dir:
     method = KeyPointNetMethod(reference_dir / "v0_reference.ckpt", device="cpu")
     with pytest.raises(ValueError, match="kp2d: image size 100x60 is not a multiple of the network stride 8"):
         method(np.zeros((60, 100, 3), np.uint8))
+
+
+def test_one_worker_and_several_workers_give_the_same_pairs(reference_dir: Path) -> None:
+    method = KeyPointNetMethod(reference_dir / "v0_reference.ckpt", device="cpu")
+    sequences = find_sequences(reference_dir / "mini_hpatches")
+    threads = torch.get_num_threads()
+    serial = evaluate_method(method, sequences, (320, 240), 300, workers=1)
+    parallel = evaluate_method(method, sequences, (320, 240), 300, workers=2)
+    assert torch.get_num_threads() == threads  # the intra-op thread count is restored
+    assert [(p.sequence, p.index) for p in parallel.pairs] == [(p.sequence, p.index) for p in serial.pairs]
+    for one, other in zip(serial.pairs, parallel.pairs, strict=True):
+        for name, value in one.metrics.as_dict().items():
+            assert getattr(other.metrics, name) == pytest.approx(value, abs=1e-6, nan_ok=True), name
+
+
+def test_unreadable_image_stops_the_run_with_its_path(reference_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "hpatches"
+    shutil.copytree(reference_dir / "mini_hpatches" / "i_rocket", root / "i_rocket")
+    broken = root / "i_rocket" / "5.ppm"
+    broken.chmod(0o644)
+    broken.write_bytes(b"P6\n not an image")
+    threads = torch.get_num_threads()
+    with pytest.raises(HPatchesError, match=re.escape(f"{broken}: cannot read image")):
+        evaluate_method(get_method("orb"), find_sequences(root), (320, 240), 300, workers=2)
+    assert torch.get_num_threads() == threads

@@ -1,20 +1,24 @@
 """HPatches evaluation driver: a feature method over every pair (1, k) of every sequence -> per-pair metrics.
 
 Per sequence the six images are described once (image 1 serves all five pairs; a method with
-``describe_batch`` gets them as one network batch); reading/resizing the next sequences runs in a background
-thread, and the metrics of one sequence run in another while the method describes the next one.
+``describe_batch`` gets them as one network batch), then the five pairs are scored. Sequences are processed
+by a few worker threads (read -> describe -> metrics each), so reading, the network and the metrics of
+different sequences overlap. For a thread-safe method (``thread_safe = True``, e.g. KeyPointNet) each worker
+runs its own forward with ``torch`` intra-op threads divided among the workers, which avoids the thread
+synchronisation cost of one forward spread over all cores; other methods are called one at a time.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from kp2d_model.evaluation.hpatches import PAIR_INDICES, HPatchesSequence, LoadedSequence, load_sequence
 from kp2d_model.evaluation.methods import FeatureMethod, Features, describe_images
@@ -24,7 +28,7 @@ __all__ = ["DEFAULT_SETTINGS", "EvaluationRun", "PairResult", "evaluate_method",
 
 # The paper's protocol: (resolution (W, H), top_k)
 DEFAULT_SETTINGS = (((320, 240), 300), ((640, 480), 1000))
-PREFETCH_SEQUENCES = 2
+MAX_WORKERS = 4  # sequences in flight at once (each holds its six images and one network batch)
 
 
 @dataclass(frozen=True)
@@ -116,32 +120,46 @@ def evaluate_method(
     resolution: tuple[int, int],
     top_k: int,
     on_sequence_done: Callable[[int], None] | None = None,
+    workers: int | None = None,
 ) -> EvaluationRun:
     """Evaluate ``method`` on every pair of ``sequences`` at ``resolution`` ``(W, H)`` keeping ``top_k`` points.
 
-    ``on_sequence_done(number_of_pairs)`` is called after each sequence is described (for progress bars).
-    Errors (an unreadable image, a method failure) propagate with their message.
+    ``workers``: sequences processed at once (default: ``torch.get_num_threads()``, at most 4). For a thread-safe
+    method the torch intra-op threads are divided among them during the run and restored afterwards.
+    ``on_sequence_done(number_of_pairs)`` is called (from a worker thread) after each sequence, e.g. a progress
+    bar's ``update``. Pairs come back in sequence order. Errors (an unreadable image, a method failure) propagate.
     """
     if int(top_k) != top_k or top_k < 1:
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    intra_op_threads = torch.get_num_threads()
+    workers = max(1, min(workers or min(intra_op_threads, MAX_WORKERS), max(len(sequences), 1)))
+    thread_safe = bool(getattr(method, "thread_safe", False))
+    method_lock = threading.Lock()
     run = EvaluationRun(getattr(method, "name", type(method).__name__), tuple(resolution), int(top_k))
+
+    def describe(images: list[np.ndarray]) -> list[Features]:
+        if thread_safe:
+            return describe_images(method, images)
+        with method_lock:
+            return describe_images(method, images)
+
+    def process(sequence: HPatchesSequence) -> list[PairResult]:
+        loaded = load_sequence(sequence, resolution)
+        pairs = sequence_pair_metrics(loaded, describe(loaded.images), run.top_k, method.norm)
+        if on_sequence_done is not None:
+            on_sequence_done(len(pairs))
+        return pairs
+
     start = time.perf_counter()
-    with ThreadPoolExecutor(1, thread_name_prefix="hpatches-read") as reader:
-        with ThreadPoolExecutor(1, thread_name_prefix="hpatches-metrics") as scorer:
-            loads: deque[Future[LoadedSequence]] = deque(
-                reader.submit(load_sequence, sequence, resolution) for sequence in sequences[:PREFETCH_SEQUENCES]
-            )
-            scored: list[Future[list[PairResult]]] = []
-            for next_index in range(PREFETCH_SEQUENCES, len(sequences) + PREFETCH_SEQUENCES):
-                loaded = loads.popleft().result()
-                if next_index < len(sequences):
-                    loads.append(reader.submit(load_sequence, sequences[next_index], resolution))
-                features = describe_images(method, loaded.images)
-                scored.append(scorer.submit(sequence_pair_metrics, loaded, features, run.top_k, method.norm))
-                if on_sequence_done is not None:
-                    on_sequence_done(len(PAIR_INDICES))
-            for future in scored:
-                run.pairs.extend(future.result())
+    if thread_safe:
+        torch.set_num_threads(max(1, intra_op_threads // workers))
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="hpatches")
+    try:
+        for pairs in pool.map(process, sequences):
+            run.pairs.extend(pairs)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # after an error, do not run the remaining sequences
+        torch.set_num_threads(intra_op_threads)
     run.seconds = time.perf_counter() - start
     return run
 

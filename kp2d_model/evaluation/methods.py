@@ -3,7 +3,8 @@
 A method is called with one ``H x W x 3`` uint8 BGR image and returns ``(points, descriptors)``: ``points``
 ``(N, 3)`` ``[x, y, score]`` in the image's pixels and ``descriptors`` ``(N, D)``; the metric code applies top-k
 itself. ``norm`` is the OpenCV norm its descriptors are matched with. Methods may also offer
-``describe_batch(images)`` (same-size images in one network batch); :func:`describe_images` uses it when present.
+``describe_batch(images)`` (same-size images in one network batch; :func:`describe_images` uses it when present)
+and ``thread_safe = True`` (the evaluation driver may then call it from several threads at once).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class KeyPointNetMethod:
 
     name = "kp2d"
     norm = cv2.NORM_L2
+    thread_safe = True  # forward only reads the network: several threads may call it at once
 
     def __init__(
         self, checkpoint: str | os.PathLike, device: str | torch.device = "auto", fuse_batchnorm: bool = True
@@ -139,14 +141,16 @@ def descriptors_at_points(
     column = coord[:, 0] * ((map_w - 1) / (width - 1)) + 1.0  # (B, N)
     row = coord[:, 1] * ((map_h - 1) / (height - 1)) + 1.0
     offsets = torch.arange(-1.0, 2.0, device=coord.device, dtype=coord.dtype)
-    tap_rows = (row[:, None, :] + offsets.repeat_interleave(3)[None, :, None]) / (map_h + 1) * 2 - 1  # (B, 9, N)
-    tap_columns = (column[:, None, :] + offsets.repeat(3)[None, :, None]) / (map_w + 1) * 2 - 1
-    grid = torch.stack([tap_columns, tap_rows], dim=-1)  # (B, 9, N, 2), taps in (ky, kx) raster order
-    samples = F.grid_sample(padded, grid, mode="bilinear", padding_mode="zeros", align_corners=True)  # (B,C,9,N)
-    weight = final_conv.weight.reshape(final_conv.out_channels, channels * 9)  # (D, C*9), index c*9 + ky*3 + kx
-    descriptors = torch.matmul(weight, samples.reshape(batch, channels * 9, -1))  # (B, D, N)
+    tap_rows = (row[:, :, None] + offsets.repeat_interleave(3)) / (map_h + 1) * 2 - 1  # (B, N, 9)
+    tap_columns = (column[:, :, None] + offsets.repeat(3)) / (map_w + 1) * 2 - 1
+    grid = torch.stack([tap_columns, tap_rows], dim=-1)  # (B, N, 9, 2), taps in (ky, kx) raster order
+    samples = F.grid_sample(padded, grid, mode="bilinear", padding_mode="zeros", align_corners=True)  # (B,C,N,9)
+    samples = samples.permute(0, 2, 3, 1).reshape(batch, grid.shape[1], 9 * channels)  # (B, N, 9*C): tap, channel
+    weight = final_conv.weight.permute(0, 2, 3, 1).reshape(final_conv.out_channels, 9 * channels)  # (D, 9*C)
+    descriptors = torch.matmul(samples, weight.T)  # (B, N, D)
     if final_conv.bias is not None:
-        descriptors = descriptors + final_conv.bias[None, :, None]
+        descriptors = descriptors + final_conv.bias
+    descriptors = descriptors.transpose(1, 2)  # (B, D, N)
     return descriptors / torch.linalg.vector_norm(descriptors, dim=1, keepdim=True)
 
 
