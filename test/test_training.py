@@ -32,7 +32,7 @@ from kp2d_model.training.config import (
     resolve_config_path,
     valid_keys,
 )
-from kp2d_model.training.trainer import Trainer, TrainingError
+from kp2d_model.training.trainer import Trainer, TrainingError, cpu_has_native_bf16
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,6 +132,7 @@ def test_overrides_are_parsed_as_yaml_values():
     assert config.data.image_shape == [120, 160]
     assert config.model.with_io is True
     assert config.optimizer.learning_rate == 1.0 and isinstance(config.optimizer.learning_rate, float)
+    assert load_config("v0", ["train.amp=off"]).train.amp == "off"  # YAML 1.2 booleans: "off" stays a string
 
 
 def test_config_files_are_checked_and_names_resolved(tmp_path):
@@ -208,8 +209,10 @@ def test_a_file_that_is_not_a_trainer_checkpoint_is_refused_for_resume(tmp_path)
 
 
 def test_batch_size_one_trains_every_version_flag_set(image_folder, tmp_path):
+    exact = ["train.amp=off", "train.channels_last=false"]  # the plain float32 path (the default may use bf16)
     for version in ("v0", "v3", "v4"):
-        config = _config(image_folder, "data.batch_size=1", "train.max_steps=1", "log.image_every=0", name=version)
+        overrides = ["data.batch_size=1", "train.max_steps=1", "log.image_every=0", *exact]
+        config = _config(image_folder, *overrides, name=version)
         result = Trainer(config, tmp_path / version).fit()
         assert result.steps == 1 and len(result.history) == 1
         assert all(np.isfinite(value) for value in result.history[0].values())
@@ -244,6 +247,22 @@ def test_training_lowers_the_loss_on_a_fixed_batch_and_writes_loadable_models(im
         for name, value in network.state_dict().items():
             assert torch.equal(value, expected[name]), (path, name)
     assert read_checkpoint(result.exported_model).provenance["step"] == 12
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bfloat16 (AVX512_BF16 / AMX)")
+def test_bf16_mixed_precision_on_the_cpu_gives_nearly_the_float32_loss(image_folder, tmp_path):
+    images = None
+    losses = {}
+    for amp in ("off", "bf16"):
+        trainer = Trainer(_config(image_folder, f"train.amp={amp}", "data.batch_size=4"), tmp_path / amp)
+        assert trainer.amp_dtype == (torch.bfloat16 if amp == "bf16" else None)
+        if images is None:
+            images = torch.stack([trainer.dataset[(0, i)]["image"] for i in range(4)])
+        losses[amp] = trainer.train_step(images)
+        score, coord, desc = trainer.loss_module.keypoint_net(torch.zeros(1, 3, 64, 96))
+        assert score.dtype == coord.dtype == desc.dtype == torch.float32
+    for name in ("total", "location", "descriptor", "io"):
+        assert losses["bf16"][name] == pytest.approx(losses["off"][name], rel=2e-2, abs=1e-3), name
 
 
 def test_resume_gives_the_same_next_step_losses_as_an_uninterrupted_run(image_folder, tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -111,8 +112,8 @@ class TrainLoopConfig:
     max_steps: int = 0  # stop after this many optimizer steps in total; 0 = run all epochs
     seed: int = 42
     device: str = "auto"  # "auto" (CUDA when available) | "cpu" | "cuda" | "cuda:N"
-    amp: str = "auto"  # "auto" (bf16/fp16 on CUDA, off on CPU) | "off" | "bf16" | "fp16"
-    channels_last: bool = False  # NHWC memory format for the convolutions
+    amp: str = "auto"  # "auto": bf16 (fp16 on old GPUs) on CUDA, bf16 on CPUs with native bf16, else off | "off" | ...
+    channels_last: bool = True  # NHWC memory format for the convolutions (faster with oneDNN and cuDNN)
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
     checkpoint_every: int = 500  # steps between checkpoints (0 = only per epoch and at the end)
     keep_epoch_checkpoints: bool = False  # also keep checkpoints/epoch_NNN.pt (about 65 MB each)
@@ -168,6 +169,22 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss.io_cells": ("lowest", "highest"),
     "train.amp": ("auto", "off", "bf16", "fp16"),
 }
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """Safe YAML with YAML 1.2 booleans: only true / false, so ``amp: off`` stays the string "off"."""
+
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ConfigLoader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 # --- schema walking ---------------------------------------------------------------------------------
@@ -311,7 +328,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ConfigError(f"override {text!r}: expected key=value, e.g. data.batch_size=4")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as error:
         raise ConfigError(f"override {text!r}: the value is not valid YAML ({error})") from None
     return key, value
@@ -360,7 +377,7 @@ def load_config(name_or_path: str | os.PathLike | None, overrides: typing.Sequen
     if name_or_path is not None:
         path = resolve_config_path(name_or_path)
         try:
-            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            tree = _load_yaml(path.read_text(encoding="utf-8")) or {}
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
             raise ConfigError(f"{path}: cannot read the YAML ({error})") from None
         config = config_from_dict(tree, str(path), config)

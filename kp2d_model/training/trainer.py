@@ -145,6 +145,38 @@ class KP2DLossModule(nn.Module):
         return kp2d_loss(self.keypoint_net, self.io_net, batch, **self.loss_options)
 
 
+# The last convolution of each head; their outputs are cast to float32 under mixed precision.
+HEAD_OUTPUT_LAYERS = {
+    "KeypointNet": ("convDb", "convPb", "convFbb"),
+    "KeypointResnet": ("decoderK.scoreconv", "decoderK.locconv", "decoderK.featconv"),
+}
+
+
+def _to_float32(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+    return output.float()
+
+
+class MixedPrecisionNet(nn.Module):
+    """A keypoint network run under ``torch.autocast(dtype)`` that returns float32 ``(score, coord, desc)``.
+
+    The heads' last convolutions are cast to float32 before sigmoid / tanh, so keypoint coordinates (hundreds of
+    pixels) are not rounded to bfloat16's 8 significant bits; the loss then runs in float32 outside autocast.
+    """
+
+    def __init__(self, net: nn.Module, model_type: str, device_type: str, dtype: torch.dtype):
+        super().__init__()
+        self.net = net
+        self.device_type = device_type
+        self.dtype = dtype
+        for name in HEAD_OUTPUT_LAYERS[model_type]:
+            net.get_submodule(name).register_forward_hook(_to_float32)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with torch.autocast(device_type=self.device_type, dtype=self.dtype):
+            outputs = self.net(x)
+        return tuple(output.float() for output in outputs)
+
+
 def loss_options(config: TrainConfig) -> dict[str, Any]:
     """Keyword arguments of :func:`kp2d_loss` from the configuration."""
     loss = config.loss
@@ -180,11 +212,24 @@ def _has_unused_parameters(config: TrainConfig) -> bool:
     return not m.do_upsample or not (m.descriptor_loss or m.with_io)  # convFb / the whole descriptor head
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512_BF16 or AMX; Linux /proc/cpuinfo), so bf16 autocast pays."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def _resolve_amp(setting: str, device: torch.device) -> torch.dtype | None:
-    if setting == "off" or (setting == "auto" and device.type != "cuda"):
+    """The autocast dtype for ``train.amp`` on ``device`` (None = float32)."""
+    if setting == "off":
         return None
     if setting == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else None
     if setting == "fp16":
         if device.type != "cuda":
             raise TrainingError("train.amp=fp16 needs a CUDA device; on the CPU use train.amp=bf16 or off")
@@ -282,7 +327,10 @@ class Trainer:
         self.io_net = InlierNet(blocks=4).to(self.device).train() if config.model.with_io else None
         if config.train.channels_last:
             self.keypoint_net = self.keypoint_net.to(memory_format=torch.channels_last)
-        self.loss_module = KP2DLossModule(self.keypoint_net, self.io_net, loss_options(config))
+        network: nn.Module = self.keypoint_net
+        if self.amp_dtype is not None:
+            network = MixedPrecisionNet(self.keypoint_net, self.model_config["type"], self.device.type, self.amp_dtype)
+        self.loss_module = KP2DLossModule(network, self.io_net, loss_options(config))
         self.model: nn.Module = self.loss_module
         if self.context.distributed:
             self.model = DistributedDataParallel(
@@ -435,11 +483,6 @@ class Trainer:
 
     # --- one step ------------------------------------------------------------------------------------
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
     def train_step(self, images: torch.Tensor) -> dict[str, float]:
         """One optimizer step on ``images`` ``(B, 3, H, W)`` (uint8, or float in [0, 1]); returns the loss terms.
 
@@ -455,8 +498,7 @@ class Trainer:
             batch = make_training_batch(images, self.augmentation, self.generator)
         if self.config.train.channels_last:
             batch = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for k, v in batch.items()}
-        with self._autocast():
-            terms = self.model(batch)
+        terms = self.model(batch)  # (mixed precision, if on, is inside: MixedPrecisionNet)
         total = terms["total"]
         values = torch.stack([terms[name].detach().float() for name in LOSS_LOG_TERMS])
         finite = torch.isfinite(values[:1]).float()
