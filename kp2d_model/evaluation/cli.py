@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--method", action="append", choices=METHOD_NAMES, help="repeatable for a comparison table (default: kp2d)"
     )
     parser.add_argument("--device", default="auto", help="kp2d network device: auto, cpu, cuda:0, ...")
+    parser.add_argument(
+        "--reference-forward",
+        action="store_true",
+        help="kp2d: run the plain eval-mode network (the original's computation, bit for bit) instead of the "
+        "faster fused one (equal to ~1e-6)",
+    )
     parser.add_argument("--json", type=Path, help="write summaries and per-pair values to this JSON file")
     parser.add_argument("--plots", type=Path, help="write per-sequence bar charts and match pictures to this folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -157,7 +163,13 @@ def run_evaluation(
     sequences = find_sequences(args.hpatches, args.subset)
     methods: dict[str, FeatureMethod] = {}
     for name in dict.fromkeys(args.method or ["kp2d"]):
-        kwargs = {"checkpoint": args.checkpoint, "device": args.device} if name == "kp2d" else {}
+        kwargs = {}
+        if name == "kp2d":
+            kwargs = {
+                "checkpoint": args.checkpoint,
+                "device": args.device,
+                "fuse_batchnorm": not args.reference_forward,
+            }
         methods[name] = get_method(name, **kwargs)
     runs = []
     for resolution, top_k in settings_from(args):

@@ -24,7 +24,14 @@ from kp2d_model.evaluation.hpatches import PAIR_INDICES, HPatchesSequence, Loade
 from kp2d_model.evaluation.methods import FeatureMethod, Features, describe_images
 from kp2d_model.evaluation.metrics import METRIC_NAMES, PairMetrics, mean_metrics, pair_metrics
 
-__all__ = ["DEFAULT_SETTINGS", "EvaluationRun", "PairResult", "evaluate_method", "sequence_pair_metrics"]
+__all__ = [
+    "DEFAULT_SETTINGS",
+    "EvaluationRun",
+    "PairResult",
+    "evaluate_method",
+    "format_table",
+    "sequence_pair_metrics",
+]
 
 # The paper's protocol: (resolution (W, H), top_k)
 DEFAULT_SETTINGS = (((320, 240), 300), ((640, 480), 1000))
