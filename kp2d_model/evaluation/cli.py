@@ -119,7 +119,10 @@ def write_plots(
     sequences: Sequence[HPatchesSequence],
 ) -> list[Path]:
     """Per-sequence bar charts (matching score, repeatability) per setting, and match pictures of a few pairs."""
-    from kp2d_model.evaluation import plots  # matplotlib is only needed here
+    try:
+        from kp2d_model.evaluation import plots  # matplotlib is only needed here
+    except ImportError as error:
+        raise RuntimeError(f"--plots needs kp2d_model.evaluation.plots and matplotlib: {error}") from error
 
     written = []
     settings = list(dict.fromkeys((run.resolution, run.top_k) for run in runs))
