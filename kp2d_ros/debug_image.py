@@ -12,7 +12,7 @@ TAIL_COLOUR = (0, 255, 255)  # BGR yellow
 
 def _colour(length: int) -> tuple[int, int, int]:
     """BGR colour by track length: new points red, long tracks green."""
-    t = min(1.0, (length - 1) / 10.0)
+    t = min(1.0, (length - 1) / 5.0)
     return 0, int(255 * t), int(255 * (1 - t))
 
 

@@ -568,6 +568,9 @@ class DetectorNode(Node):
         stat.add("latency mean (ms, receipt to publish)", f"{np.mean(latency):.1f}" if latency else "n/a")
         stat.add("latency max (ms)", f"{np.max(latency):.1f}" if latency else "n/a")
         stat.add("inference mean (ms)", f"{np.mean(inference):.1f}" if inference else "n/a")
+        overhead = np.subtract(latency, inference)  # waiting for the worker, conversion, matching, messages
+        stat.add("overhead mean (ms, latency minus inference)", f"{np.mean(overhead):.2f}" if inference else "n/a")
+        stat.add("processed frames", snapshot["processed"])
         stat.add("seconds since last image", f"{idle_s:.1f}" if idle_s is not None else "never")
         stat.add("debug images published", self._debug_images_published)
         stat.add("device", str(self._device))

@@ -42,6 +42,7 @@ def generate_launch_description() -> LaunchDescription:
                 "num_frames": ParameterValue(LaunchConfiguration("num_frames"), value_type=int),
                 "width": ParameterValue(LaunchConfiguration("width"), value_type=int),
                 "height": ParameterValue(LaunchConfiguration("height"), value_type=int),
+                "image_qos": "reliable",  # 640 x 480 best-effort samples are often lost on Fast DDS' UDP transport
             }
         ],
         output="screen",
@@ -58,6 +59,7 @@ def generate_launch_description() -> LaunchDescription:
             "device": LaunchConfiguration("device"),
             "use_camera_info": "true",
             "geometry": "homography",  # the photo is planar
+            "image_qos": "reliable",
         }.items(),
     )
     return LaunchDescription([*arguments, camera, detector])

@@ -5,7 +5,7 @@
         model:=/path/to/model.ckpt device:=cuda use_camera_info:=true
 
 Parameters come from ``params_file`` (default: the package's config/detector.yaml), then the overrides given
-as launch arguments (model, device, use_camera_info, debug_image, geometry).
+as launch arguments (model, device, use_camera_info, debug_image, geometry, image_qos).
 """
 
 from launch import LaunchDescription
@@ -29,6 +29,7 @@ ARGUMENTS = {
     "use_camera_info": ("false", "compute undistorted normalised coordinates from camera_info"),
     "debug_image": ("true", "publish ~/debug_image while it has subscribers"),
     "geometry": ("none", "geometric verification of matches: none, homography or fundamental"),
+    "image_qos": ("sensor_data", "image subscription QoS: sensor_data (BEST_EFFORT, depth 1) or reliable (depth 1)"),
 }
 
 
@@ -43,6 +44,7 @@ def generate_launch_description() -> LaunchDescription:
         "use_camera_info": ParameterValue(LaunchConfiguration("use_camera_info"), value_type=bool),
         "debug_image": ParameterValue(LaunchConfiguration("debug_image"), value_type=bool),
         "matching.geometry": LaunchConfiguration("geometry"),
+        "image_qos": LaunchConfiguration("image_qos"),
     }
     detector = Node(
         package="kp2d_ros",

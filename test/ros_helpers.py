@@ -151,6 +151,7 @@ class RosTestNode:
         self.node = rclpy.create_node(f"{name}_{uuid.uuid4().hex[:6]}", context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
+        self._clients: dict[str, Any] = {}
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
@@ -178,15 +179,15 @@ class RosTestNode:
         wait_until(lambda: self.node.count_publishers(topic) >= count, timeout, f"{count} publisher(s) on {topic}")
 
     def call(self, service_type: Any, name: str, request: Any, timeout: float = 20.0) -> Any:
-        client = self.node.create_client(service_type, name)
-        try:
-            if not client.wait_for_service(timeout_sec=timeout):
-                raise AssertionError(f"service {name} not available within {timeout:.0f} s")
-            future = client.call_async(request)
-            wait_until(future.done, timeout, f"response of {name}")
-            return future.result()
-        finally:
-            self.node.destroy_client(client)
+        """Call a service (clients are kept, so only the first call waits for discovery)."""
+        client = self._clients.get(name)
+        if client is None:
+            client = self._clients[name] = self.node.create_client(service_type, name)
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise AssertionError(f"service {name} not available within {timeout:.0f} s")
+        future = client.call_async(request)
+        wait_until(future.done, timeout, f"response of {name}")
+        return future.result()
 
     def set_parameters(self, node_name: str, values: dict[str, Any], timeout: float = 20.0) -> list[Any]:
         """Call ``<node_name>/set_parameters``; returns the SetParametersResult list (one per value)."""

@@ -444,7 +444,8 @@ def test_uncalibrated_camera_info_warns_and_gives_no_normalized_coordinates(dete
 def test_runtime_parameter_change_is_applied_and_an_invalid_one_rejected(detector):
     ros, name = detector.ros, detector.name
     # Parameter services answer while the worker runs inference (the executor is not blocked by it).
-    at = detector.publish(cv2.resize(detector.frames[4], (640, 480)))
+    assert ros.get_parameters(name, ["top_k"]) == [TOP_K]  # the client discovers the service first
+    at = detector.publish()
     start = time.monotonic()
     assert ros.get_parameters(name, ["top_k"]) == [TOP_K]
     answered_after = time.monotonic() - start
