@@ -41,6 +41,7 @@ setup(
             "camera_sim = kp2d_ros.camera_sim:main",
             "train = kp2d_ros.train:main",
             "evaluate = kp2d_ros.evaluate:main",
+            "demo = kp2d_ros.demo:main",
         ],
     },
 )
