@@ -22,4 +22,19 @@ done
 for path in "$work"/root/usr/share/backgrounds/*.jpg; do
     cp "$path" "$out/lomiri_$(basename "$path")"
 done
+# Cap the longer side at 1600 px (INTER_AREA): the wallpapers are up to 5312 px, and decoding them for
+# every random crop would dominate a CPU training step.
+"${PYTHON:-.venv/bin/python}" - "$out" <<'PY'
+import sys
+from pathlib import Path
+
+import cv2
+
+for path in sorted(Path(sys.argv[1]).iterdir()):
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    scale = 1600 / max(image.shape[:2])
+    if scale < 1:
+        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+PY
 echo "staged $(find "$out" -type f | wc -l) photos in $out"
