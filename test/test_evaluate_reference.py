@@ -14,7 +14,7 @@ import torch
 
 from kp2d_model.evaluation.evaluate import EvaluationRun, PairResult, evaluate_method, format_table
 from kp2d_model.evaluation.hpatches import HPatchesError, find_sequences, load_sequence
-from kp2d_model.evaluation.methods import KeyPointNetMethod, get_method
+from kp2d_model.evaluation.methods import KeyPointNetMethod, descriptors_at_points, get_method
 from kp2d_model.evaluation.metrics import PairMetrics
 
 
@@ -115,3 +115,20 @@ def test_unreadable_image_stops_the_run_with_its_path(reference_dir: Path, tmp_p
     with pytest.raises(HPatchesError, match=re.escape(f"{broken}: cannot read image")):
         evaluate_method(get_method("orb"), find_sequences(root), (320, 240), 300, workers=2)
     assert torch.get_num_threads() == threads
+
+
+def test_final_convolution_at_the_points_equals_sampling_the_dense_convolution() -> None:
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 16, 6, 8, generator=generator)
+    final_conv = torch.nn.Conv2d(16, 8, 3, padding=1)
+    height, width = 24, 32  # image pixels; the feature map is a quarter of that
+    corners = torch.tensor([[0.0, 0.0], [width - 1.0, 0.0], [0.0, height - 1.0], [width - 1.0, height - 1.0]])
+    inside = torch.rand(2, 20, 2, generator=generator) * torch.tensor([width - 1.0, height - 1.0])
+    coord = torch.cat([corners.expand(2, -1, -1), inside], dim=1).transpose(1, 2)  # (B, 2, N) incl. the borders
+    with torch.no_grad():
+        dense = final_conv(features)
+        grid = torch.stack([coord[:, 0] / ((width - 1) / 2) - 1, coord[:, 1] / ((height - 1) / 2) - 1], dim=-1)
+        expected = torch.nn.functional.grid_sample(dense, grid[:, None], align_corners=True)[:, :, 0]
+        expected = expected / expected.norm(dim=1, keepdim=True)
+        result = descriptors_at_points(features, final_conv, coord, height, width)
+    torch.testing.assert_close(result, expected, atol=1e-5, rtol=1e-5)
