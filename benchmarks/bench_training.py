@@ -5,10 +5,12 @@
     .venv/bin/python benchmarks/bench_training.py --variants fp32 bf16 --out benchmarks/results/training.json
     .venv/bin/python benchmarks/bench_training.py --profile --sizes 4x120x160   # where the time goes
 
-Variants: ``fp32`` (the default trainer), ``channels_last`` (NHWC convolutions), ``bf16`` (bfloat16 autocast;
-on the CPU only where it has AVX512_BF16 / AMX), ``bf16_channels_last``. Every variant starts from the same
-seed, weights and images, so the first step's loss terms are directly comparable (reported relative to fp32).
-The median of ``--repeats`` timed steps after ``--warmup`` untimed ones is reported.
+Variants: ``fp32`` (float32, NCHW: the original's numerics), ``channels_last`` (NHWC convolutions), ``bf16``
+(bfloat16 autocast for the networks; pays on CPUs with AVX512_BF16 / AMX), ``bf16_channels_last`` (the trainer's
+default on such CPUs and on GPUs). Every variant starts from the same seed, weights and images, so the first
+step's loss terms are directly comparable (reported relative to fp32). The steps of the variants are interleaved
+(A, B, A, B, ...) so load from other processes falls on all alike; the median and minimum of ``--repeats``
+timed steps after ``--warmup`` untimed ones are reported, with the process CPU time.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ from kp2d_model.training.config import load_config
 from kp2d_model.training.trainer import Trainer
 
 VARIANTS = {
-    "fp32": [],
-    "channels_last": ["train.channels_last=true"],
-    "bf16": ["train.amp=bf16"],
+    "fp32": ["train.amp=off", "train.channels_last=false"],
+    "channels_last": ["train.amp=off", "train.channels_last=true"],
+    "bf16": ["train.amp=bf16", "train.channels_last=false"],
     "bf16_channels_last": ["train.amp=bf16", "train.channels_last=true"],
 }
 ORIGINAL_SECONDS = {"8x240x320": (12.6, 15.0), "4x120x160": (1.0, 1.0)}  # kp2d-reference.md, 2 CPU threads
