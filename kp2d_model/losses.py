@@ -244,8 +244,49 @@ def kp2d_loss(
     else:
         source_score, source_coord, source_dense = keypoint_net(source_input)
         target_score, target_coord, target_dense = keypoint_net(target_input)
+    # The loss itself runs in float32, also when the networks ran under autocast (half-precision coordinates
+    # would be off by a fraction of a pixel at 320 px).
+    with torch.autocast(device_type=source_coord.device.type, enabled=False):
+        return _loss_terms(
+            (source_score.float(), source_coord.float(), source_dense.float()),
+            (target_score.float(), target_coord.float(), target_dense.float()),
+            batch["homography"].float(),
+            io_net,
+            keypoint_loss_weight=keypoint_loss_weight,
+            descriptor_loss_weight=descriptor_loss_weight,
+            score_loss_weight=score_loss_weight,
+            descriptor_loss=descriptor_loss,
+            with_io=with_io,
+            margin=margin,
+            relax_field=relax_field,
+            io_cells=io_cells,
+            io_top_k=io_top_k,
+            image_size=(height, width),
+        )
+
+
+def _loss_terms(
+    source: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    target: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    homography: torch.Tensor,
+    io_net: nn.Module | None,
+    *,
+    keypoint_loss_weight: float,
+    descriptor_loss_weight: float,
+    score_loss_weight: float,
+    descriptor_loss: bool,
+    with_io: bool,
+    margin: float,
+    relax_field: float,
+    io_cells: str,
+    io_top_k: int,
+    image_size: tuple[int, int],
+) -> dict[str, torch.Tensor]:
+    """The terms of :func:`kp2d_loss` from the network outputs ``(score, coord, dense)`` of source and target."""
+    source_score, source_coord, source_dense = source
+    target_score, target_coord, target_dense = target
+    height, width = image_size
     _, _, cells_h, cells_w = target_score.shape
-    homography = batch["homography"].to(source_coord.dtype)
 
     # Keypoints as (B, N, 2): pixels and normalised; the source ones warped into the target.
     source_pixels = source_coord.flatten(2).transpose(1, 2)

@@ -230,3 +230,18 @@ def test_vectorised_descriptor_loss_equals_the_sorted_per_image_loss(relax_field
         expected_recall += image_recall.item() / batch
     assert loss.item() == pytest.approx(expected_loss, rel=1e-5)
     assert recall.item() == pytest.approx(expected_recall, rel=1e-6)
+
+
+def test_loss_is_computed_in_float32_under_autocast():
+    torch.manual_seed(0)
+    keypoint_net, io_net = KeypointNet(with_drop=False).train(), InlierNet().train()
+    generator = torch.Generator().manual_seed(4)
+    image = torch.rand(2, 3, 64, 96, generator=generator)
+    homography = sample_homography(2, image_shape=(64, 96), generator=generator)
+    batch = {"image": image, "image_aug": warp_image(image, homography), "homography": homography}
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        terms = kp2d_loss(keypoint_net, io_net, batch, io_top_k=40)
+    assert all(value.dtype == torch.float32 for value in terms.values())
+    terms["total"].backward()
+    assert math.isfinite(terms["total"].item())
+    assert torch.isfinite(keypoint_net.convPb.weight.grad).all()
