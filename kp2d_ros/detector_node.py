@@ -81,7 +81,6 @@ class Settings:
     debug_tail_length: int
 
 
-# name -> (default, description, extra descriptor fields); read_only parameters need a restart.
 def _int_range(low: int, high: int) -> dict[str, Any]:
     return {"integer_range": [IntegerRange(from_value=low, to_value=high, step=1)]}
 
@@ -90,6 +89,7 @@ def _float_range(low: float, high: float) -> dict[str, Any]:
     return {"floating_point_range": [FloatingPointRange(from_value=low, to_value=high, step=0.0)]}
 
 
+# name -> (default, description, extra descriptor fields); read_only parameters need a restart.
 PARAMETERS: dict[str, tuple[Any, str, dict[str, Any]]] = {
     "model": ("", "checkpoint path (.ckpt/.safetensors/.pt); empty: the bundled default model", {"read_only": True}),
     "device": ("auto", "torch device: auto (CUDA when present), cpu, cuda, cuda:N", {"read_only": True}),
@@ -99,11 +99,11 @@ PARAMETERS: dict[str, tuple[Any, str, dict[str, Any]]] = {
                     {"read_only": True, **_int_range(0, 8192)}),
     "input_height": (0, "resize height (see input_width)", {"read_only": True, **_int_range(0, 8192)}),
     "image_qos": ("sensor_data", "image subscription QoS: sensor_data (BEST_EFFORT, depth 1) or reliable (depth 1)",
-                  {"read_only": True}),
+                  {"read_only": True, "additional_constraints": f"one of: {', '.join(IMAGE_QOS)}"}),
     "use_compressed": (False, "also subscribe <image>/compressed (sensor_msgs/CompressedImage)", {"read_only": True}),
     "use_camera_info": (False, "use camera_info for undistorted normalised coordinates", {"read_only": True}),
     "camera_info_sync": ("exact", "exact / approximate (message_filters) or latest (newest CameraInfo)",
-                         {"read_only": True}),
+                         {"read_only": True, "additional_constraints": f"one of: {', '.join(CAMERA_INFO_SYNC)}"}),
     "camera_info_slop": (0.02, "approximate sync slop in seconds", {"read_only": True, **_float_range(0.0, 1.0)}),
     "top_k": (1000, "keep at most this many keypoints per image", _int_range(1, 100000)),
     "score_threshold": (0.0, "keep keypoints with score > this", _float_range(0.0, 1.0)),
@@ -111,7 +111,8 @@ PARAMETERS: dict[str, tuple[Any, str, dict[str, Any]]] = {
     "matching.mutual": (True, "keep only mutual nearest neighbours", {}),
     "matching.ratio": (0.0, "Lowe ratio test threshold (0: off)", _float_range(0.0, 1.0)),
     "matching.max_distance": (0.0, "maximum descriptor L2 distance (0: off)", _float_range(0.0, 2.0)),
-    "matching.geometry": ("none", "geometric verification: none, homography or fundamental", {}),
+    "matching.geometry": ("none", "geometric verification of matches",
+                          {"additional_constraints": f"one of: {', '.join(GEOMETRY_MODELS)}"}),
     "matching.geometry_threshold": (3.0, "inlier threshold in pixels", _float_range(0.1, 100.0)),
     "publish_descriptors": (True, "fill Keypoints.descriptors (N x D float32)", {}),
     "max_image_pixels": (4096 * 4096, "larger images are rejected with a warning", _int_range(1, 1 << 30)),
@@ -119,6 +120,7 @@ PARAMETERS: dict[str, tuple[Any, str, dict[str, Any]]] = {
     "debug_tail_length": (10, "frames of track tail drawn in the debug image", _int_range(1, 100)),
 }  # fmt: skip
 
+# Runtime parameter -> Settings field.
 RUNTIME_NAMES = {
     "top_k": "top_k",
     "score_threshold": "score_threshold",
