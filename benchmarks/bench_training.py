@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -172,9 +173,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here: {'runs': [this run]}")
+    parser.add_argument("--append", action="store_true", help="add this run to the runs already in --out")
     args = parser.parse_args()
 
+    load_before = os.getloadavg()
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
     results = []
     with tempfile.TemporaryDirectory() as data:
         write_images(Path(data))
@@ -219,6 +223,8 @@ def main() -> None:
                 str(args.repeats),
             ]
         ),  # fmt: skip
+        "started": started,
+        "load_average_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "torch": torch.__version__,
         "device": args.device if args.device != "cuda" else torch.cuda.get_device_name(),
         "cpu": cpu_description(),
@@ -227,8 +233,11 @@ def main() -> None:
         "results": results,
     }
     if args.out:
+        runs = []
+        if args.append and args.out.is_file():
+            runs = json.loads(args.out.read_text()).get("runs", [])
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        args.out.write_text(json.dumps({"runs": [*runs, report]}, indent=2) + "\n")
         print(f"wrote {args.out}")
 
 
