@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     rclpy.init()
     node = rclpy.create_node("kp2d_demo", namespace=namespace)
     keypoints: dict[int, Keypoints] = {}
+    arrival_ns: dict[int, int] = {}  # source stamp -> wall-clock arrival of its Keypoints (same clock as the stamp)
     matches: list[Matches] = []
     truths: dict[int, GroundTruthHomography] = {}
     saved: list[Path] = []
@@ -85,8 +86,11 @@ def main(argv: list[str] | None = None) -> int:
             cv2.imwrite(str(path), image_to_array(msg).pixels)
             saved.append(path)
 
-    node.create_subscription(Keypoints, "kp2d_detector/keypoints", lambda m: keypoints.__setitem__(
-        _stamp_ns(m.header.stamp), m), 10)  # fmt: skip
+    def on_keypoints(msg: Keypoints) -> None:
+        keypoints[_stamp_ns(msg.header.stamp)] = msg
+        arrival_ns[_stamp_ns(msg.header.stamp)] = time.time_ns()
+
+    node.create_subscription(Keypoints, "kp2d_detector/keypoints", on_keypoints, 10)
     node.create_subscription(Matches, "kp2d_detector/matches", matches.append, 10)
     node.create_subscription(GroundTruthHomography, "ground_truth", lambda m: truths.__setitem__(
         _stamp_ns(m.header.stamp), m), QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL))  # fmt: skip
@@ -124,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                 except subprocess.TimeoutExpired:
                     process.kill()
 
-    print(f"\n{'frame':>5} {'keypoints':>9} {'matches':>7} {'inliers':>7} {'within 3 px':>11} {'true motion':>11}")
+    header = f"{'frame':>5} {'keypoints':>9} {'matches':>7} {'inliers':>7} {'within 3 px':>11} {'true motion':>11}"
+    print(f"\n{header} {'tracks: mean/max length':>23} {'latency':>9}")
     shares = []
     for index, m in enumerate(matches):
         now, before = truths.get(_stamp_ns(m.header.stamp)), truths.get(_stamp_ns(m.previous_stamp))
@@ -141,8 +146,21 @@ def main(argv: list[str] | None = None) -> int:
             shares.append(float(np.mean(error[inlier] < 3.0)))
             share = f"{shares[-1]:.0%}"
             motion = f"{np.median(np.linalg.norm(projected.reshape(-1, 2) - previous, axis=1)):.1f} px"
-        print(f"{index:>5} {n_keypoints:>9} {len(m.current_index):>7} {m.num_inliers:>7} {share:>11} {motion:>11}")
+        stamp = _stamp_ns(m.header.stamp)
+        tracks = latency = ""
+        if stamp in keypoints and n_keypoints:
+            lengths = np.frombuffer(keypoints[stamp].track_length, np.uint32)
+            tracks = f"{lengths.mean():.1f} / {lengths.max()}"
+        if stamp in arrival_ns:
+            latency = f"{(arrival_ns[stamp] - stamp) / 1e6:.0f} ms"
+        row = f"{index:>5} {n_keypoints:>9} {len(m.current_index):>7} {m.num_inliers:>7} {share:>11} {motion:>11}"
+        print(f"{row} {tracks:>23} {latency:>9}")
     print(f"\n{len(matches)} of {args.frames} camera frames processed (the detector skips frames while busy)")
+    if len(arrival_ns) >= 2:
+        arrivals = sorted(arrival_ns.values())
+        latencies = [(arrival_ns[s] - s) / 1e6 for s in arrival_ns]
+        print(f"output rate: {(len(arrivals) - 1) / ((arrivals[-1] - arrivals[0]) / 1e9):.2f} FPS, "
+              f"latency publish -> keypoints: median {np.median(latencies):.0f} ms, max {max(latencies):.0f} ms")
     if shares:
         print(f"inliers within 3 px of the true motion: {np.mean(shares):.0%} on average (compare with the motion: "
               "points that did not move at all would agree when the motion is under 3 px)")
