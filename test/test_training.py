@@ -98,6 +98,14 @@ def test_packaged_configs_have_the_original_version_flags_and_schedule(version):
     assert config.data.image_shape == [240, 320] and not config.data.random_crop
 
 
+def test_default_model_recipe_is_v4_without_dropout_on_random_crops():
+    v4, recipe = load_config("v4"), load_config("default_model")
+    assert recipe.model.with_drop is False and v4.model.with_drop is True
+    assert recipe.loss == v4.loss and recipe.optimizer == v4.optimizer
+    assert recipe.model.with_io and recipe.model.do_upsample and recipe.model.do_cross
+    assert recipe.data.random_crop and recipe.data.image_shape == [120, 160]
+
+
 def test_resnet_config_uses_keypoint_resnet_at_256x320():
     config = load_config("v2_resnet")
     assert config.model.type == "KeypointResnet" and config.data.image_shape == [256, 320]
@@ -141,7 +149,7 @@ def test_config_files_are_checked_and_names_resolved(tmp_path):
     with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'model.with_oi'"):
         load_config(bad)
     assert resolve_config_path("v3") == REPO_ROOT / "config" / "train" / "v3.yaml"
-    with pytest.raises(ConfigError, match=r"no training config named 'v9'.*available: v0, v1, v2, v2_resnet, v3, v4"):
+    with pytest.raises(ConfigError, match=r"no training config named 'v9'.*available: default_model, v0, v1, v2, v2_resnet, v3, v4"):
         resolve_config_path("v9")
     with pytest.raises(ConfigError, match="not found"):
         resolve_config_path(tmp_path / "missing.yaml")
@@ -375,6 +383,28 @@ def test_ctrl_c_saves_a_checkpoint_exits_cleanly_and_the_run_resumes(image_folde
     assert cli.main(resume) == 0
     assert read_training_checkpoint(out / "checkpoints" / "last.pt")["step"] == steps_done + 1
     assert (out / "keypoint_net.safetensors").is_file()
+
+
+def test_sigterm_to_the_whole_process_group_with_loader_workers_saves_and_exits_cleanly(image_folder, tmp_path):
+    """As `timeout`, `docker stop` or a scheduler do: every process of the group, DataLoader workers included."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "kp2d_model.training.cli", "v4", "--data", str(image_folder), "--out", str(out)]
+    command += [*SMALL_RUN, "data.num_workers=2", "log.image_every=0", "train.max_steps=1000"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        metrics = out / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (metrics.is_file() and metrics.read_text().strip()):
+            time.sleep(0.2)
+        assert metrics.is_file(), "the run never completed a step"
+        os.killpg(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "DataLoader worker" not in stderr and "--resume" in stderr
+    state = read_training_checkpoint(out / "checkpoints" / "last.pt")
+    assert state["step"] == len(metrics.read_text().splitlines()) >= 1
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS is how the test makes memory run out")

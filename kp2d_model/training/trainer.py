@@ -260,9 +260,12 @@ class TrainResult:
 
 
 def _ignore_interrupts(_worker_id: int) -> None:
-    """DataLoader workers ignore Ctrl-C (it reaches the whole process group): the main process stops them
-    after saving, instead of their death interrupting a step."""
+    """DataLoader workers ignore Ctrl-C and SIGTERM (a terminal, ``timeout``, ``docker stop`` or a job
+    scheduler signal the whole process group): the main process finishes its step, saves, then stops them,
+    instead of a worker's death ending the run with a DataLoader error. Workers still exit on their own when
+    the main process dies (PyTorch's parent watchdog)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class _StopFlag:
