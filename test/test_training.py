@@ -149,7 +149,8 @@ def test_config_files_are_checked_and_names_resolved(tmp_path):
     with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'model.with_oi'"):
         load_config(bad)
     assert resolve_config_path("v3") == REPO_ROOT / "config" / "train" / "v3.yaml"
-    with pytest.raises(ConfigError, match=r"no training config named 'v9'.*available: default_model, v0, v1, v2, v2_resnet, v3, v4"):
+    available = "available: default_model, v0, v1, v2, v2_resnet, v3, v4"
+    with pytest.raises(ConfigError, match=rf"no training config named 'v9'.*{available}"):
         resolve_config_path("v9")
     with pytest.raises(ConfigError, match="not found"):
         resolve_config_path(tmp_path / "missing.yaml")
@@ -390,7 +391,8 @@ def test_sigterm_to_the_whole_process_group_with_loader_workers_saves_and_exits_
     out = tmp_path / "run"
     command = [sys.executable, "-m", "kp2d_model.training.cli", "v4", "--data", str(image_folder), "--out", str(out)]
     command += [*SMALL_RUN, "data.num_workers=2", "log.image_every=0", "train.max_steps=1000"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    process = subprocess.Popen(command, **pipes, text=True, start_new_session=True)
     try:
         metrics = out / "metrics.jsonl"
         deadline = time.monotonic() + 120
