@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from kp2d_model.checkpoint import default_checkpoint_path
 from kp2d_model.evaluation.cli import build_parser, main, settings_from
 
 SETTINGS = {"320x240": 300, "640x480": 1000}
@@ -82,11 +83,13 @@ def test_default_settings_are_the_papers_and_an_explicit_top_k_applies_to_all() 
     assert settings_from(one) == [((640, 480), 1000)]
 
 
-def test_kp2d_without_checkpoint_is_a_usage_error(reference_dir: Path, capsys) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--hpatches", str(reference_dir / "mini_hpatches")])
-    assert exit_info.value.code == 2
-    assert "--checkpoint is required" in capsys.readouterr().err
+def test_kp2d_without_checkpoint_evaluates_the_bundled_default_model(reference_dir: Path, tmp_path: Path) -> None:
+    report_path = tmp_path / "report.json"
+    hpatches = str(reference_dir / "mini_hpatches")
+    assert main(["--hpatches", hpatches, "--resolution", "320x240", "--quiet", "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["checkpoint"] == str(default_checkpoint_path())
+    assert [run["method"] for run in report["runs"]] == ["kp2d"]
 
 
 def test_bad_resolution_is_a_usage_error(capsys) -> None:

@@ -2,6 +2,7 @@
 
 Example::
 
+    kp2d-evaluate --hpatches hpatches-sequences-release --json results.json     # the bundled default model
     kp2d-evaluate --checkpoint v4.ckpt --hpatches hpatches-sequences-release --json results.json
     kp2d-evaluate --checkpoint v4.ckpt --hpatches DIR --method kp2d --method orb --method sift --resolution 320x240
 
@@ -18,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from kp2d_model.checkpoint import CheckpointError
+from kp2d_model.checkpoint import CheckpointError, default_checkpoint_path
 from kp2d_model.evaluation.evaluate import DEFAULT_SETTINGS, EvaluationRun, evaluate_method, format_table
 from kp2d_model.evaluation.hpatches import SUBSETS, HPatchesError, HPatchesSequence, find_sequences, load_sequence
 from kp2d_model.evaluation.methods import METHOD_NAMES, FeatureMethod, describe_images, get_method
@@ -55,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate keypoints and descriptors on HPatches (repeatability, localization error, "
         "C1/C3/C5 homography correctness, matching score), as the KP2D paper.",
     )
-    parser.add_argument("--checkpoint", type=Path, help="KeyPointNet checkpoint (.ckpt, .safetensors, .pt); for kp2d")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="KeyPointNet checkpoint (.ckpt, .safetensors, .pt) for kp2d; default: the bundled default model",
+    )
     parser.add_argument("--hpatches", type=Path, required=True, help="hpatches-sequences-release folder")
     parser.add_argument(
         "--resolution",
@@ -191,7 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if "kp2d" in (args.method or ["kp2d"]) and args.checkpoint is None:
-        parser.error("--checkpoint is required for --method kp2d (the default method)")
+        args.checkpoint = default_checkpoint_path()
+        if not args.checkpoint.is_file():
+            parser.error(f"no --checkpoint given and the bundled default model is missing at {args.checkpoint}")
     try:
         runs, methods, sequences = run_evaluation(args)
         table = format_table(runs)
