@@ -141,6 +141,10 @@ def test_overrides_are_parsed_as_yaml_values():
     assert config.model.with_io is True
     assert config.optimizer.learning_rate == 1.0 and isinstance(config.optimizer.learning_rate, float)
     assert load_config("v0", ["train.amp=off"]).train.amp == "off"  # YAML 1.2 booleans: "off" stays a string
+    # Exponents without a dot (YAML 1.1 reads 5e-4 as a string) are floats; other strings are still refused.
+    assert load_config("v0", ["optimizer.learning_rate=5e-4"]).optimizer.learning_rate == pytest.approx(5e-4)
+    with pytest.raises(ConfigError, match=r"optimizer.learning_rate must be float, got 'fast'"):
+        load_config("v0", ["optimizer.learning_rate=fast"])
 
 
 def test_config_files_are_checked_and_names_resolved(tmp_path):
@@ -325,6 +329,19 @@ def test_the_learning_rate_halves_every_lr_decay_epochs(image_folder, tmp_path):
     assert result.epochs_completed == 2 and result.steps == 2
     state = read_training_checkpoint(result.checkpoint)
     assert [group["lr"] for group in state["optimizer"]["param_groups"]] == pytest.approx([2.5e-4, 2.5e-4])
+
+
+def test_optimizer_settings_given_on_resume_take_effect(image_folder, tmp_path):
+    # 6 images, batch 2: 3 steps per epoch; the first run completes one epoch at lr 1e-3 (decay every 40).
+    first = Trainer(_config(image_folder, "train.max_steps=4", "log.image_every=0"), tmp_path / "run").fit()
+    overrides = ("optimizer.learning_rate=4e-4", "optimizer.lr_decay_epochs=1", "train.max_steps=5")
+    resumed = Trainer(_config(image_folder, *overrides, "log.image_every=0"), tmp_path / "run", resume=first.checkpoint)
+    # The new schedule after 1 completed epoch: 4e-4 * 0.5 ** (1 // 1).
+    assert [group["lr"] for group in resumed.optimizer.param_groups] == pytest.approx([2e-4, 2e-4])
+    resumed.fit()
+    state = read_training_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert [group["lr"] for group in state["optimizer"]["param_groups"]] == pytest.approx([2e-4, 2e-4])
+    assert state["config"]["optimizer"]["learning_rate"] == pytest.approx(4e-4)
 
 
 def test_resuming_with_a_different_network_is_refused(image_folder, tmp_path):

@@ -209,6 +209,9 @@ def _type_name(kind: Any) -> str:
     return kind.__name__
 
 
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(value: Any, kind: Any, key: str, source: str) -> Any:
     """Check ``value`` against the schema type ``kind``; ints are accepted for floats. Returns the value."""
     problem = f"{source}: {key} must be {_type_name(kind)}, got {value!r} ({type(value).__name__})"
@@ -226,6 +229,9 @@ def _coerce(value: Any, kind: Any, key: str, source: str) -> Any:
             raise ConfigError(problem)
         return value
     if kind is float:
+        # PyYAML (YAML 1.1) reads exponents without a dot, such as 5e-4, as strings: accept those.
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(problem)
         return float(value)

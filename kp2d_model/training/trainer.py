@@ -449,6 +449,9 @@ class Trainer:
         except ValueError as error:
             raise CheckpointError(f"{path}: optimizer state does not fit this model ({error})") from None
         self.scheduler.load_state_dict(state["scheduler"])
+        saved_optimizer = dict(state["config"]).get("optimizer")
+        if saved_optimizer != config_to_dict(self.config)["optimizer"]:
+            self._apply_optimizer_settings(saved_optimizer)
         if state.get("grad_scaler") is not None and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["grad_scaler"])
         self.step = int(state["step"])
@@ -466,6 +469,27 @@ class Trainer:
             restore_rng_state(state["rng"])
         if self.context.is_main:
             LOGGER.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch + 1)
+
+    def _apply_optimizer_settings(self, saved: dict[str, Any] | None) -> None:
+        """Make ``optimizer.*`` given for a resumed run take effect.
+
+        The restored optimizer and scheduler state carry the old run's learning rate, decay and period, which
+        would otherwise silently win over the configuration. The learning rate continues from where the new
+        schedule stands after the epochs already done: ``learning_rate * lr_decay ** (epochs // lr_decay_epochs)``.
+        """
+        options = self.config.optimizer
+        self.scheduler.step_size = options.lr_decay_epochs
+        self.scheduler.gamma = options.lr_decay
+        self.scheduler.base_lrs = [options.learning_rate] * len(self.optimizer.param_groups)
+        factor = options.lr_decay ** (self.scheduler.last_epoch // options.lr_decay_epochs)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = options.learning_rate
+            group["lr"] = options.learning_rate * factor
+            group["weight_decay"] = options.weight_decay
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        if self.context.is_main:
+            learning_rate = factor * options.learning_rate
+            LOGGER.info("optimizer settings changed on resume (was %s): learning rate now %g", saved, learning_rate)
 
     def export_model(self, path: Path | None = None) -> Path | None:
         """Write the KeypointNet in the project format (.safetensors) for inference (rank 0 only)."""
