@@ -481,14 +481,14 @@ class Trainer:
         self.scheduler.step_size = options.lr_decay_epochs
         self.scheduler.gamma = options.lr_decay
         self.scheduler.base_lrs = [options.learning_rate] * len(self.optimizer.param_groups)
-        factor = options.lr_decay ** (self.scheduler.last_epoch // options.lr_decay_epochs)
+        decays_done = self.scheduler.last_epoch // options.lr_decay_epochs
+        learning_rate = options.learning_rate * options.lr_decay**decays_done
         for group in self.optimizer.param_groups:
             group["initial_lr"] = options.learning_rate
-            group["lr"] = options.learning_rate * factor
+            group["lr"] = learning_rate
             group["weight_decay"] = options.weight_decay
-        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        self.scheduler._last_lr = [learning_rate] * len(self.optimizer.param_groups)
         if self.context.is_main:
-            learning_rate = factor * options.learning_rate
             LOGGER.info("optimizer settings changed on resume (was %s): learning rate now %g", saved, learning_rate)
 
     def export_model(self, path: Path | None = None) -> Path | None:
