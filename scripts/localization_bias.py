@@ -21,10 +21,11 @@ import argparse
 
 import numpy as np
 
-from kp2d_model.checkpoint import default_checkpoint_path
+from kp2d_model.checkpoint import CheckpointError, default_checkpoint_path
 from kp2d_model.evaluation import metrics
-from kp2d_model.evaluation.hpatches import find_sequences, load_sequence
-from kp2d_model.evaluation.methods import get_method
+from kp2d_model.evaluation.cli import parse_resolution, positive_int
+from kp2d_model.evaluation.hpatches import HPatchesError, find_sequences, load_sequence
+from kp2d_model.evaluation.methods import METHOD_NAMES, get_method
 
 CORRECT_PX = 3.0
 JACOBIAN_STEP_PX = 1e-3
@@ -57,9 +58,12 @@ def residual_summary(method, root: str, resolution: tuple[int, int], top_k: int)
             pair_biases.append(np.linalg.norm(residual[correct].mean(axis=0)))
             residuals.append(residual[correct])
             design += [jacobian(homography, point) - np.eye(2) for point in matches.xy_1[correct]]
+    if not residuals:
+        raise ValueError(f"{root}: no viewpoint pair (v_*) with a correct match at {resolution[0]}x{resolution[1]}")
     stacked = np.concatenate(residuals)
-    offset, *_ = np.linalg.lstsq(np.concatenate(design), stacked.reshape(-1), rcond=None)
-    remaining = stacked.reshape(-1) - np.concatenate(design) @ offset
+    design_matrix = np.concatenate(design)  # (2M, 2): rows (J - I) of every correct match
+    offset, *_ = np.linalg.lstsq(design_matrix, stacked.reshape(-1), rcond=None)
+    remaining = stacked.reshape(-1) - design_matrix @ offset
     return {
         "correct_matches": len(stacked),
         "median_error_px": float(np.median(np.linalg.norm(stacked, axis=1))),
@@ -74,23 +78,25 @@ def residual_summary(method, root: str, resolution: tuple[int, int], top_k: int)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hpatches", required=True, help="HPatches-style folder (its v_* sequences are used)")
-    parser.add_argument("--method", action="append", choices=["kp2d", "orb", "sift", "xfeat"], required=True)
+    parser.add_argument("--method", action="append", choices=METHOD_NAMES, required=True)
     parser.add_argument("--checkpoint", help="kp2d checkpoint (default: the bundled model)")
-    parser.add_argument("--resolution", default="320x240", help="WIDTHxHEIGHT (default 320x240)")
-    parser.add_argument("--top-k", type=int, default=300)
+    parser.add_argument(
+        "--resolution", type=parse_resolution, default=(320, 240), help="WIDTHxHEIGHT (default 320x240)"
+    )
+    parser.add_argument("--top-k", type=positive_int, default=300)
     args = parser.parse_args()
-    width, height = (int(value) for value in args.resolution.lower().split("x"))
     for name in args.method:
         options = {}
         if name == "kp2d":
             options = {"device": "cpu", "checkpoint": args.checkpoint or default_checkpoint_path()}
-        summary = residual_summary(get_method(name, **options), args.hpatches, (width, height), args.top_k)
-        print(
-            name,
-            " ".join(
-                f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}" for key, value in summary.items()
-            ),
+        try:  # the same input errors as kp2d-evaluate, reported without a traceback
+            summary = residual_summary(get_method(name, **options), args.hpatches, args.resolution, args.top_k)
+        except (HPatchesError, CheckpointError, ValueError, RuntimeError, OSError) as error:
+            parser.exit(1, f"{parser.prog}: error: {error}\n")
+        figures = (
+            f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}" for key, value in summary.items()
         )
+        print(name, " ".join(figures))
 
 
 if __name__ == "__main__":
