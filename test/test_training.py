@@ -7,6 +7,7 @@ kp2d_loss and the data the real ImageFolderDataset.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import signal
@@ -32,7 +33,7 @@ from kp2d_model.training.config import (
     resolve_config_path,
     valid_keys,
 )
-from kp2d_model.training.trainer import Trainer, TrainingError, cpu_has_native_bf16
+from kp2d_model.training.trainer import Trainer, TrainingError, augmentation_options, cpu_has_native_bf16
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -145,6 +146,42 @@ def test_overrides_are_parsed_as_yaml_values():
     assert load_config("v0", ["optimizer.learning_rate=5e-4"]).optimizer.learning_rate == pytest.approx(5e-4)
     with pytest.raises(ConfigError, match=r"optimizer.learning_rate must be float, got 'fast'"):
         load_config("v0", ["optimizer.learning_rate=fast"])
+
+
+def test_homography_ranges_that_cannot_fit_the_image_are_errors_naming_the_keys():
+    with pytest.raises(ConfigError, match=r"augmentation.patch_ratio \+ augmentation.perspective_amplitude.*1.100"):
+        load_config("v4", ["augmentation.perspective_amplitude=0.3"])
+    with pytest.raises(ConfigError, match=r"augmentation.scaling_amplitude must be in \[0, 1\), got 1.5"):
+        load_config("v4", ["augmentation.scaling_amplitude=1.5"])
+    with pytest.raises(ConfigError, match=r"augmentation.max_angle_deg must be in \[0, 180\], got -5"):
+        load_config("v4", ["augmentation.max_angle_deg=-5.0"])
+    with pytest.raises(ConfigError, match=r"augmentation.patch_ratio must be in \(0, 1\], got 0.0"):
+        load_config("v4", ["augmentation.patch_ratio=0.0"])
+
+
+def _corner_scale_ratio(homography: torch.Tensor) -> torch.Tensor:
+    """Per homography (B, 3, 3), largest / smallest local area scale over the unit square's corners."""
+    corners = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64)
+    points = torch.cat([corners, torch.ones(4, 1, dtype=torch.float64)], dim=1).T  # (3, 4)
+    h = homography.double()
+    w = (h[:, 2:3] @ points)[:, 0]  # (B, 4): local area scale of a homography is det(H) / w^3
+    scale = torch.linalg.det(h)[:, None].abs() / w.abs() ** 3
+    return scale.max(dim=1).values / scale.min(dim=1).values
+
+
+def test_homography_ranges_from_the_config_reach_the_training_warps(image_folder):
+    original = augmentation_options(_config(image_folder))
+    wider = augmentation_options(
+        _config(image_folder, "augmentation.patch_ratio=0.6", "augmentation.perspective_amplitude=0.3")
+    )
+    assert (wider.patch_ratio, wider.perspective_amplitude) == (0.6, 0.3)
+    assert original.max_angle == pytest.approx(math.pi / 4)
+    images = torch.rand(64, 3, 64, 96)
+    ratios = [
+        _corner_scale_ratio(make_training_batch(images, options, torch.Generator().manual_seed(0))["homography"])
+        for options in (original, wider)
+    ]
+    assert ratios[1].median() > 1.5 * ratios[0].median()  # stronger out-of-plane tilt
 
 
 def test_config_files_are_checked_and_names_resolved(tmp_path):

@@ -96,8 +96,17 @@ class DataConfig:
 
 @dataclass
 class AugmentationConfig:
-    """Photometric augmentation switches (:class:`kp2d_model.augmentation.AugmentationOptions`)."""
+    """Homography ranges and photometric switches (:class:`kp2d_model.augmentation.AugmentationOptions`).
 
+    The homography defaults are the original's; a wider ``perspective_amplitude`` (with a smaller
+    ``patch_ratio`` so the patch still fits: ``(patch_ratio + perspective_amplitude) * (1 + scaling_amplitude)
+    < 1``) trains for stronger out-of-plane viewpoint changes.
+    """
+
+    patch_ratio: float = 0.7  # side of the warped patch as a fraction of the image (0.7: a ~1.4x zoom)
+    perspective_amplitude: float = 0.2  # corner offsets, fraction of the image half-size
+    scaling_amplitude: float = 0.1  # scales in [1 - a, 1 + a]
+    max_angle_deg: float = 45.0  # rotations in [-max, max] degrees
     channel_shuffle_probability: float = 0.5
     grayscale_probability: float = 0.5
     noise_probability: float = 0.5
@@ -302,6 +311,7 @@ def validate(config: TrainConfig, source: str = "config") -> TrainConfig:
         section, name = key.split(".")
         if getattr(getattr(config, section), name) < 0:
             raise ConfigError(f"{source}: {key} must be >= 0, got {getattr(getattr(config, section), name)}")
+    _check_homography_ranges(config.augmentation, source)
     if config.optimizer.learning_rate <= 0:
         raise ConfigError(f"{source}: optimizer.learning_rate must be > 0, got {config.optimizer.learning_rate}")
     if config.model.type == "KeypointResnet" and not config.model.use_color:
@@ -309,6 +319,25 @@ def validate(config: TrainConfig, source: str = "config") -> TrainConfig:
     if not config.model.use_color:
         raise ConfigError(f"{source}: model.use_color=false (grey input) is not supported by the trainer")
     return config
+
+
+def _check_homography_ranges(a: AugmentationConfig, source: str) -> None:
+    """The homography sampler's constraints, reported with the config keys that break them."""
+    if not 0.0 < a.patch_ratio <= 1.0:
+        raise ConfigError(f"{source}: augmentation.patch_ratio must be in (0, 1], got {a.patch_ratio}")
+    if a.perspective_amplitude < 0.0:
+        raise ConfigError(f"{source}: augmentation.perspective_amplitude must be >= 0, got {a.perspective_amplitude}")
+    if not 0.0 <= a.scaling_amplitude < 1.0:
+        raise ConfigError(f"{source}: augmentation.scaling_amplitude must be in [0, 1), got {a.scaling_amplitude}")
+    if not 0.0 <= a.max_angle_deg <= 180.0:
+        raise ConfigError(f"{source}: augmentation.max_angle_deg must be in [0, 180], got {a.max_angle_deg}")
+    widest = (a.patch_ratio + a.perspective_amplitude) * (1.0 + a.scaling_amplitude)
+    if widest >= 1.0:
+        raise ConfigError(
+            f"{source}: the warped patch does not fit in the image: (augmentation.patch_ratio + "
+            f"augmentation.perspective_amplitude) * (1 + augmentation.scaling_amplitude) = ({a.patch_ratio} + "
+            f"{a.perspective_amplitude}) * (1 + {a.scaling_amplitude}) = {widest:.3f} must be < 1"
+        )
 
 
 # --- public API -------------------------------------------------------------------------------------

@@ -197,6 +197,10 @@ def loss_options(config: TrainConfig) -> dict[str, Any]:
 def augmentation_options(config: TrainConfig) -> AugmentationOptions:
     a = config.augmentation
     return AugmentationOptions(
+        patch_ratio=a.patch_ratio,
+        perspective_amplitude=a.perspective_amplitude,
+        scaling_amplitude=a.scaling_amplitude,
+        max_angle=math.radians(a.max_angle_deg),
         channel_shuffle_probability=a.channel_shuffle_probability,
         grayscale_probability=a.grayscale_probability,
         noise_probability=a.noise_probability,
