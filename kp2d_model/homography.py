@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "PatchSample",
+    "patch_extent",
     "sample_patch",
     "homography_from_corners",
     "sample_homography",
@@ -56,6 +57,11 @@ class PatchSample:
     translation: torch.Tensor
 
 
+def patch_extent(patch_ratio: float, perspective_amplitude: float, scaling_amplitude: float) -> float:
+    """Half-size of the widest patch the sampler can draw, as a fraction of the image's; it fits when < 1."""
+    return (patch_ratio + perspective_amplitude) * (1.0 + scaling_amplitude)
+
+
 def _check_sampler_arguments(
     batch_size: int,
     patch_ratio: float,
@@ -74,7 +80,7 @@ def _check_sampler_arguments(
             f"{perspective_amplitude}, {max_angle}, {scaling_amplitude}"
         )
     # The widest possible patch must fit, else no translation keeps it inside the image.
-    if (patch_ratio + perspective_amplitude) * (1.0 + scaling_amplitude) >= 1.0:
+    if patch_extent(patch_ratio, perspective_amplitude, scaling_amplitude) >= 1.0:
         raise ValueError(
             "(patch_ratio + perspective_amplitude) * (1 + scaling_amplitude) must be < 1 so the patch fits in the "
             f"image, got ({patch_ratio} + {perspective_amplitude}) * (1 + {scaling_amplitude})"

@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from kp2d_model.homography import patch_extent
+
 __all__ = [
     "ConfigError",
     "apply_overrides",
@@ -331,7 +333,7 @@ def _check_homography_ranges(a: AugmentationConfig, source: str) -> None:
         raise ConfigError(f"{source}: augmentation.scaling_amplitude must be in [0, 1), got {a.scaling_amplitude}")
     if not 0.0 <= a.max_angle_deg <= 180.0:
         raise ConfigError(f"{source}: augmentation.max_angle_deg must be in [0, 180], got {a.max_angle_deg}")
-    widest = (a.patch_ratio + a.perspective_amplitude) * (1.0 + a.scaling_amplitude)
+    widest = patch_extent(a.patch_ratio, a.perspective_amplitude, a.scaling_amplitude)
     if widest >= 1.0:
         raise ConfigError(
             f"{source}: the warped patch does not fit in the image: (augmentation.patch_ratio + "
