@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kp2d demo", description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="checkpoint (default: the bundled default model)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--input-scale", type=float, default=1.0, help="detector input_scale (2: finer, 4x compute)")
     parser.add_argument("--frames", type=int, default=40, help="camera frames to publish")
     parser.add_argument("--rate", type=float, default=5.0, help="camera frame rate (Hz)")
     parser.add_argument("--width", type=int, default=640)
@@ -97,11 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     node.create_subscription(Image, "kp2d_detector/debug_image", on_debug, 1)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
 
     ns = ["-r", f"__ns:={namespace}"]
     detector = subprocess.Popen([_executable("detector"), "--ros-args", *ns, "-p", f"model:={model}",
-                                 "-p", f"device:={args.device}", "-p", "matching.geometry:=homography",
+                                 "-p", f"device:={args.device}", "-p", f"input_scale:={args.input_scale}",
+                                 "-p", "matching.geometry:=homography",
                                  "-p", "use_camera_info:=true", "-p", "camera_info_sync:=latest",
                                  "-p", "image_qos:=reliable"])  # fmt: skip
     camera = None
@@ -159,14 +162,21 @@ def main(argv: list[str] | None = None) -> int:
     if len(arrival_ns) >= 2:
         arrivals = sorted(arrival_ns.values())
         latencies = [(arrival_ns[s] - s) / 1e6 for s in arrival_ns]
-        print(f"output rate: {(len(arrivals) - 1) / ((arrivals[-1] - arrivals[0]) / 1e9):.2f} FPS, "
-              f"latency publish -> keypoints: median {np.median(latencies):.0f} ms, max {max(latencies):.0f} ms")
+        print(
+            f"output rate: {(len(arrivals) - 1) / ((arrivals[-1] - arrivals[0]) / 1e9):.2f} FPS, "
+            f"latency publish -> keypoints: median {np.median(latencies):.0f} ms, max {max(latencies):.0f} ms"
+        )
     if shares:
-        print(f"inliers within 3 px of the true motion: {np.mean(shares):.0%} on average (compare with the motion: "
-              "points that did not move at all would agree when the motion is under 3 px)")
+        print(
+            f"inliers within 3 px of the true motion: {np.mean(shares):.0%} on average (compare with the motion: "
+            "points that did not move at all would agree when the motion is under 3 px)"
+        )
     if saved:
         print(f"debug images: {', '.join(str(p) for p in saved)}")
+    # Stop the spin thread before the node and context go: tearing them down under a thread still in
+    # rclpy's wait set can abort the process at exit ("terminate called without an active exception").
     executor.shutdown()
+    spinner.join(timeout=5.0)
     node.destroy_node()
     rclpy.try_shutdown()
     return 0 if matches else 1
