@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import cv2
 import numpy as np
 import pytest
@@ -79,6 +81,30 @@ def test_resized_input_maps_coordinates_back_to_input_pixels(checkpoint_path, ra
     xy_input = ((xy + 0.5) * scale - 0.5).clamp_min(0)
     xy_input = torch.minimum(xy_input, torch.tensor([ODD_WIDTH - 1.0, ODD_HEIGHT - 1.0]))
     assert_same_detections(found, xy_input, score, desc)
+
+
+def test_input_scale_runs_the_network_on_the_scaled_image_and_reports_input_pixels(checkpoint_path, photo_bgr):
+    scaled = KeypointDetector(checkpoint_path, device="cpu", top_k=None, input_scale=2.0)
+    sized = KeypointDetector(checkpoint_path, device="cpu", top_k=None, input_size=(2 * ODD_WIDTH, 2 * ODD_HEIGHT))
+    found, expected = scaled(photo_bgr), sized(photo_bgr)
+    assert found.image_size == (ODD_WIDTH, ODD_HEIGHT)
+    assert torch.equal(found.keypoints, expected.keypoints) and torch.equal(found.descriptors, expected.descriptors)
+    assert len(found) > 2 * len(KeypointDetector(checkpoint_path, device="cpu", top_k=None)(photo_bgr))
+    assert float(found.keypoints[:, 0].max()) <= ODD_WIDTH - 1 and float(found.keypoints[:, 1].max()) <= ODD_HEIGHT - 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"input_scale": 0.0}, "input_scale must be a number in (0, 8]"),
+        ({"input_scale": float("nan")}, "input_scale must be a number in (0, 8]"),
+        ({"input_scale": "2"}, "input_scale must be a number in (0, 8]"),
+        ({"input_scale": 2.0, "input_size": (320, 240)}, "input_size or input_scale, not both"),
+    ],
+)
+def test_bad_input_scale_is_refused_with_the_reason(checkpoint_path, kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        KeypointDetector(checkpoint_path, device="cpu", **kwargs)
 
 
 def test_rgb_with_rgb_channel_order_equals_the_bgr_image(detector, photo_bgr):

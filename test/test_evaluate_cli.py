@@ -92,6 +92,26 @@ def test_kp2d_without_checkpoint_evaluates_the_bundled_default_model(reference_d
     assert [run["method"] for run in report["runs"]] == ["kp2d"]
 
 
+def test_each_input_scale_gives_its_own_kp2d_row(reference_dir: Path, tmp_path: Path, capsys) -> None:
+    report_path = tmp_path / "report.json"
+    hpatches = str(reference_dir / "mini_hpatches")
+    argv = ["--checkpoint", str(reference_dir / "v4_reference.ckpt"), "--hpatches", hpatches]
+    argv += ["--resolution", "320x240", "--input-scale", "1", "--input-scale", "2", "--quiet"]
+    argv += ["--json", str(report_path)]
+    assert main(argv) == 0
+    assert "| kp2d | 320x240 | 300 | all |" in capsys.readouterr().out
+    runs = {run["method"]: run for run in json.loads(report_path.read_text())["runs"]}
+    assert list(runs) == ["kp2d", "kp2d_x2"]
+    assert runs["kp2d_x2"]["resolution"] == [320, 240] and runs["kp2d_x2"]["summary"]["all"]["pairs"] == 10
+    assert runs["kp2d_x2"]["pairs"] != runs["kp2d"]["pairs"]
+
+
+def test_bad_input_scale_is_a_usage_error(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--hpatches", "x", "--input-scale", "0"])
+    assert "expected a number in (0, 8], got '0'" in capsys.readouterr().err
+
+
 def test_bad_resolution_is_a_usage_error(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["--hpatches", "x", "--method", "orb", "--resolution", "320by240"])

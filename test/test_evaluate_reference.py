@@ -8,6 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -56,6 +57,30 @@ def test_kp2d_keeps_every_cell_with_positive_score_in_raster_order(reference_dir
     assert points.shape == (int(keep.sum()), 3) and descriptors.shape == (int(keep.sum()), 256)
     np.testing.assert_allclose(points[:, :2], coord[keep], atol=1e-3)
     np.testing.assert_allclose(points[:, 2], score[keep], atol=1e-5)
+
+
+def test_input_scale_runs_the_network_on_the_resized_image_and_maps_points_back(reference_dir: Path) -> None:
+    with np.load(reference_dir / "inference_reference.npz") as reference:
+        image = reference["v4_320x240_image_bgr"]
+    checkpoint = reference_dir / "v4_reference.ckpt"
+    scaled = KeyPointNetMethod(checkpoint, device="cpu", input_scale=2)
+    points, descriptors = scaled(image)
+    big_points, big_descriptors = KeyPointNetMethod(checkpoint, device="cpu")(
+        cv2.resize(image, (640, 480), interpolation=cv2.INTER_LINEAR)
+    )
+    assert scaled.name == "kp2d_x2" and KeyPointNetMethod(checkpoint, device="cpu").name == "kp2d"
+    expected_xy = np.clip((big_points[:, :2] + 0.5) / 2 - 0.5, 0, [319, 239])
+    np.testing.assert_allclose(points[:, :2], expected_xy, atol=1e-5)
+    np.testing.assert_array_equal(points[:, 2], big_points[:, 2])
+    np.testing.assert_array_equal(descriptors, big_descriptors)
+
+
+def test_input_scale_that_misses_the_stride_or_range_is_a_clear_error(reference_dir: Path) -> None:
+    checkpoint = reference_dir / "v4_reference.ckpt"
+    with pytest.raises(ValueError, match=r"input_scale must be a number in \(0, 8\], got 0"):
+        KeyPointNetMethod(checkpoint, device="cpu", input_scale=0)
+    with pytest.raises(ValueError, match=r"image size 336x252 \(input_scale 1.05 x 320x240\) is not a multiple"):
+        KeyPointNetMethod(checkpoint, device="cpu", input_scale=1.05)(np.zeros((240, 320, 3), np.uint8))
 
 
 def test_summary_has_subset_rows_and_the_localization_mean_skips_missing_values() -> None:

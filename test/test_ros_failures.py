@@ -99,6 +99,10 @@ def test_a_model_failure_on_one_frame_is_logged_and_later_frames_are_served(refe
         (["-p", "matching.geometry:=affine"], "matching.geometry must be one of none, homography, fundamental"),
         (["-p", "top_k:=0"], "top_k"),
         (["-p", "input_width:=320"], "input_width and input_height must both be 0"),
+        (
+            ["-p", "input_width:=320", "-p", "input_height:=240", "-p", "input_scale:=2.0"],
+            "give input_width/input_height or input_scale, not both",
+        ),
     ],
 )
 def test_bad_start_up_configuration_exits_with_the_reason(args, reason, tmp_path):

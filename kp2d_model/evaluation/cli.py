@@ -5,6 +5,7 @@ Example::
     kp2d-evaluate --hpatches hpatches-sequences-release --json results.json     # the bundled default model
     kp2d-evaluate --checkpoint v4.ckpt --hpatches hpatches-sequences-release --json results.json
     kp2d-evaluate --checkpoint v4.ckpt --hpatches DIR --method kp2d --method orb --method sift --resolution 320x240
+    kp2d-evaluate --hpatches DIR --input-scale 1 --input-scale 2     # kp2d at the native size and at 2x
 
 Defaults: 320x240 with top-k 300 and 640x480 with top-k 1000, as the paper; ``--top-k`` applies to every
 resolution given. Prints a Markdown table (i / v / all rows per method and setting) on stdout, progress on stderr.
@@ -50,6 +51,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def input_scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 8], got {text!r}") from None
+    if not 0 < value <= 8:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 8], got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROGRAM,
@@ -72,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--subset", choices=SUBSETS, default="all", help="i (illumination), v (viewpoint) or all")
     parser.add_argument(
         "--method", action="append", choices=METHOD_NAMES, help="repeatable for a comparison table (default: kp2d)"
+    )
+    parser.add_argument(
+        "--input-scale",
+        type=input_scale,
+        action="append",
+        help="kp2d: resize each image by this factor before the network, points mapped back (not in the original "
+        "protocol; 2 = the default model's recommended setting); repeatable, one kp2d row each (kp2d_x2, ...)",
     )
     parser.add_argument("--device", default="auto", help="kp2d network device: auto, cpu, cuda:0, ...")
     parser.add_argument(
@@ -171,14 +189,18 @@ def run_evaluation(
     sequences = find_sequences(args.hpatches, args.subset)
     methods: dict[str, FeatureMethod] = {}
     for name in dict.fromkeys(args.method or ["kp2d"]):
-        kwargs = {}
-        if name == "kp2d":
-            kwargs = {
-                "checkpoint": args.checkpoint,
-                "device": args.device,
-                "fuse_batchnorm": not args.reference_forward,
-            }
-        methods[name] = get_method(name, **kwargs)
+        if name != "kp2d":
+            methods[name] = get_method(name)
+            continue
+        for scale in dict.fromkeys(args.input_scale or [1.0]):
+            method = get_method(
+                name,
+                checkpoint=args.checkpoint,
+                device=args.device,
+                fuse_batchnorm=not args.reference_forward,
+                input_scale=scale,
+            )
+            methods[method.name] = method
     runs = []
     for resolution, top_k in settings_from(args):
         for name, method in methods.items():

@@ -9,6 +9,7 @@ and ``thread_safe = True`` (the evaluation driver may then call it from several 
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
@@ -61,6 +62,11 @@ class KeyPointNetMethod:
     The image goes to the network as it is (BGR, as the original's OpenCV reader gives it), ``/255`` then
     ``(x - 0.5) * 0.225``. Its size must be a multiple of the network's stride (8; 32 for KeypointResnet).
 
+    ``input_scale`` (not in the original; default 1): the image is first resized by this factor
+    (``cv2.INTER_LINEAR``, as ``KeypointDetector(input_scale=...)``) and the points are mapped back to the
+    image's pixels (pixel-centre aligned), so the metrics still see the benchmark's resolution. The method is
+    then named ``kp2d_x<scale>`` (e.g. ``kp2d_x2``).
+
     ``fuse_batchnorm`` (default): BatchNorm folded into the convolutions, channels-last, and for KeyPointNet the
     descriptor head's last 3x3 convolution (linear) evaluated at the keypoints only (:func:`descriptors_at_points`)
     instead of on the whole H/4 map: about 2.2 of 13.2 GMAC saved per 320x240 image. Equal to the original's
@@ -72,8 +78,16 @@ class KeyPointNetMethod:
     thread_safe = True  # forward only reads the network: several threads may call it at once
 
     def __init__(
-        self, checkpoint: str | os.PathLike, device: str | torch.device = "auto", fuse_batchnorm: bool = True
+        self,
+        checkpoint: str | os.PathLike,
+        device: str | torch.device = "auto",
+        fuse_batchnorm: bool = True,
+        input_scale: float = 1.0,
     ) -> None:
+        if not (isinstance(input_scale, numbers.Real) and 0 < input_scale <= 8):
+            raise ValueError(f"kp2d: input_scale must be a number in (0, 8], got {input_scale!r}")
+        self.input_scale = float(input_scale)
+        self.name = "kp2d" if self.input_scale == 1 else f"kp2d_x{self.input_scale:g}"
         self.device = resolve_device(device)
         network = load_keypoint_net(checkpoint, device=self.device)
         self.checkpoint = str(checkpoint)
@@ -104,8 +118,14 @@ class KeyPointNetMethod:
             if image.shape != shape:
                 raise ValueError(f"kp2d: images[{index}] has shape {image.shape}, images[0] has {shape}")
         height, width = shape[:2]
-        if height % self.stride or width % self.stride:
-            raise ValueError(f"kp2d: image size {width}x{height} is not a multiple of the network stride {self.stride}")
+        network_w, network_h = round(width * self.input_scale), round(height * self.input_scale)
+        if network_h % self.stride or network_w % self.stride or network_h < 1 or network_w < 1:
+            scaled = "" if self.input_scale == 1 else f" (input_scale {self.input_scale:g} x {width}x{height})"
+            size = f"{network_w}x{network_h}{scaled}"
+            raise ValueError(f"kp2d: image size {size} is not a multiple of the network stride {self.stride}")
+        if (network_w, network_h) != (width, height):
+            size = (network_w, network_h)
+            images_bgr = [cv2.resize(image, size, interpolation=cv2.INTER_LINEAR) for image in images_bgr]
         batch = torch.from_numpy(np.stack(images_bgr)).to(self.device).permute(0, 3, 1, 2).float().div(255.0)
         batch = normalize_image(batch).contiguous(memory_format=self.memory_format)
         with torch.inference_mode():
@@ -114,9 +134,12 @@ class KeyPointNetMethod:
             if self.final_conv is None:
                 desc = desc.flatten(2)
             else:
-                desc = descriptors_at_points(desc, self.final_conv, coord, height, width)
+                desc = descriptors_at_points(desc, self.final_conv, coord, network_h, network_w)
             points = torch.cat([coord, score], dim=1).transpose(1, 2).float().cpu().numpy()  # (B, N, 3)
             descriptors = desc.transpose(1, 2).float().cpu().numpy()  # (B, N, D)
+        if (network_w, network_h) != (width, height):  # back to the image's pixels, pixel-centre aligned
+            points[:, :, :2] = (points[:, :, :2] + 0.5) * np.array([width / network_w, height / network_h]) - 0.5
+            points[:, :, :2] = np.clip(points[:, :, :2], 0, [width - 1, height - 1])  # as the detector
         results = []
         for image_points, image_descriptors in zip(points, descriptors, strict=True):
             keep = image_points[:, 2] > 0.0
