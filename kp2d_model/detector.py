@@ -1,8 +1,8 @@
 """KeypointDetector: images in -> keypoints (pixels of the input image), scores, descriptors out.
 
 Pipeline per image: any uint8 image (grey, BGR, RGB, BGRA) -> BGR (what the original evaluation fed the
-network) -> optional resize to ``input_size`` or by ``input_scale`` -> replicate-pad right/bottom to a multiple of the
-network's stride -> normalise -> network (BatchNorm folded into the convolutions, channels-last) ->
+network) -> optional resize to ``input_size`` or by ``input_scale`` -> replicate-pad right/bottom to a
+multiple of the network's stride -> normalise -> network (BatchNorm folded into the convolutions, channels-last) ->
 one keypoint per cell -> optional cell NMS, ``score > score_threshold``, drop points in the padding ->
 ``top_k`` by score -> descriptors sampled at the kept keypoints only (for KeyPointNet the descriptor
 head's last 3x3 conv is evaluated only at the map positions the bilinear sampling reads) -> coordinates
@@ -129,6 +129,13 @@ def sample_conv3x3_descriptors(
     return descriptors / torch.linalg.vector_norm(descriptors, dim=1, keepdim=True)
 
 
+def check_input_scale(input_scale: object) -> float:
+    """``input_scale`` as a float, or ValueError naming it: a real number in (0, 8] (8 = 64x the pixels)."""
+    if not (isinstance(input_scale, numbers.Real) and 0 < input_scale <= 8):
+        raise ValueError(f"input_scale must be a number in (0, 8], got {input_scale!r}")
+    return float(input_scale)
+
+
 def _half_dtype(half: bool | str) -> torch.dtype | None:
     if half is False or half is None:
         return None
@@ -198,8 +205,8 @@ class KeypointDetector:
             raise ValueError(f"nms_radius must be a non-negative integer (cells), got {nms_radius!r}")
         if input_size is not None and (len(input_size) != 2 or any(int(v) != v or v < 1 for v in input_size)):
             raise ValueError(f"input_size must be (width, height) in pixels, got {input_size!r}")
-        if input_scale is not None and not (isinstance(input_scale, numbers.Real) and 0 < input_scale <= 8):
-            raise ValueError(f"input_scale must be a number in (0, 8], got {input_scale!r}")
+        if input_scale is not None:
+            check_input_scale(input_scale)
         if input_scale is not None and input_size is not None:
             raise ValueError("give input_size or input_scale, not both")
         self.network = network

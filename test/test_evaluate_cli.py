@@ -110,6 +110,9 @@ def test_bad_input_scale_is_a_usage_error(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["--hpatches", "x", "--input-scale", "0"])
     assert "expected a number in (0, 8], got '0'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--hpatches", "x", "--method", "orb", "--input-scale", "2"])
+    assert "--input-scale applies to the kp2d method" in capsys.readouterr().err
 
 
 def test_bad_resolution_is_a_usage_error(capsys) -> None:

@@ -217,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``kp2d-evaluate`` (and ``ros2 run kp2d_ros evaluate``); returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.input_scale and "kp2d" not in (args.method or ["kp2d"]):
+        parser.error("--input-scale applies to the kp2d method; add --method kp2d")
     if "kp2d" in (args.method or ["kp2d"]) and args.checkpoint is None:
         args.checkpoint = default_checkpoint_path()
         if not args.checkpoint.is_file():

@@ -9,7 +9,6 @@ and ``thread_safe = True`` (the evaluation driver may then call it from several 
 
 from __future__ import annotations
 
-import numbers
 import os
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kp2d_model.checkpoint import load_keypoint_net
-from kp2d_model.detector import fuse_batchnorm, resolve_device
+from kp2d_model.detector import check_input_scale, fuse_batchnorm, resolve_device
 from kp2d_model.image import normalize_image
 from kp2d_model.networks import KeypointNet, KeypointResnet
 
@@ -84,9 +83,7 @@ class KeyPointNetMethod:
         fuse_batchnorm: bool = True,
         input_scale: float = 1.0,
     ) -> None:
-        if not (isinstance(input_scale, numbers.Real) and 0 < input_scale <= 8):
-            raise ValueError(f"kp2d: input_scale must be a number in (0, 8], got {input_scale!r}")
-        self.input_scale = float(input_scale)
+        self.input_scale = check_input_scale(input_scale)
         self.name = "kp2d" if self.input_scale == 1 else f"kp2d_x{self.input_scale:g}"
         self.device = resolve_device(device)
         network = load_keypoint_net(checkpoint, device=self.device)
