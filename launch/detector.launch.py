@@ -4,8 +4,10 @@
     ros2 launch kp2d_ros detector.launch.py image:=/camera/image_raw camera_info:=/camera/camera_info \
         model:=/path/to/model.ckpt device:=cuda use_camera_info:=true
 
-Parameters come from ``params_file`` (default: the package's config/detector.yaml), then the overrides given
-as launch arguments (model, device, use_camera_info, debug_image, geometry, image_qos).
+Parameters come from ``params_file`` (default: the package's config/detector.yaml), then these launch
+arguments override it: model, device, use_camera_info, debug_image, geometry (matching.geometry), image_qos —
+with their defaults when not given, so those six always come from here. Set the others (e.g. input_scale) in a
+copy of the YAML file passed as ``params_file:=...``.
 """
 
 from launch import LaunchDescription
