@@ -170,8 +170,8 @@ class KeypointDetector:
             input image's pixels); None: run at the native size, padded to the network's stride.
         input_scale: resize every image by this factor first (e.g. 2.0: a 320x240 image runs as 640x480;
             coordinates still in the input image's pixels); None or 1.0: native size. Not with ``input_size``.
-            The bundled default model matches best at 2.0 (finer keypoint positions; docs/default_model.md),
-            at 4x the network's cost.
+            The bundled default model matches best at 2.5 (finer keypoint positions; docs/default_model.md),
+            at 6.25x the network's cost (2.0: 4x, nearly as good).
 
     Call with one ``H x W x 3`` uint8 image (BGR by default; ``channel_order="rgb"`` for RGB; grey
     ``H x W`` and 4-channel BGRA/RGBA accepted) -> :class:`Detections`, or a list of images -> a list.

@@ -99,7 +99,7 @@ PARAMETERS: dict[str, tuple[Any, str, dict[str, Any]]] = {
                     {"read_only": True, **_int_range(0, 8192)}),
     "input_height": (0, "resize height (see input_width)", {"read_only": True, **_int_range(0, 8192)}),
     "input_scale": (1.0, "resize images by this factor before the network (1: native size; not with input_width); "
-                    "2 matches best with the default model, at 4x the compute",
+                    "2.5 matches best with the default model, at 6.25x the compute",
                     {"read_only": True, **_float_range(0.25, 4.0)}),
     "image_qos": ("sensor_data", "image subscription QoS: sensor_data (BEST_EFFORT, depth 1) or reliable (depth 1)",
                   {"read_only": True, "additional_constraints": f"one of: {', '.join(IMAGE_QOS)}"}),

@@ -5,7 +5,7 @@ Example::
     kp2d-evaluate --hpatches hpatches-sequences-release --json results.json     # the bundled default model
     kp2d-evaluate --checkpoint v4.ckpt --hpatches hpatches-sequences-release --json results.json
     kp2d-evaluate --checkpoint v4.ckpt --hpatches DIR --method kp2d --method orb --method sift --resolution 320x240
-    kp2d-evaluate --hpatches DIR --input-scale 1 --input-scale 2     # kp2d at the native size and at 2x
+    kp2d-evaluate --hpatches DIR --input-scale 1 --input-scale 2.5     # kp2d at the native size and at 2.5x
 
 Defaults: 320x240 with top-k 300 and 640x480 with top-k 1000, as the paper; ``--top-k`` applies to every
 resolution given. Prints a Markdown table (i / v / all rows per method and setting) on stdout, progress on stderr.
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=input_scale,
         action="append",
         help="kp2d: resize each image by this factor before the network, points mapped back (not in the original "
-        "protocol; 2 = the default model's recommended setting); repeatable, one kp2d row each (kp2d_x2, ...)",
+        "protocol; 2.5 = the default model's recommended setting); repeatable, one kp2d row each (kp2d_x2, ...)",
     )
     parser.add_argument("--device", default="auto", help="kp2d network device: auto, cpu, cuda:0, ...")
     parser.add_argument(
