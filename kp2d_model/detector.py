@@ -136,6 +136,20 @@ def check_input_scale(input_scale: object) -> float:
     return float(input_scale)
 
 
+def scaled_size(width: int, height: int, input_scale: float) -> tuple[int, int]:
+    """``(W, H)`` of a ``width x height`` image resized by ``input_scale`` (rounded, at least 1 px)."""
+    return max(1, round(width * input_scale)), max(1, round(height * input_scale))
+
+
+def to_image_pixels(xy: torch.Tensor, network_size: tuple[int, int], image_size: tuple[int, int]) -> torch.Tensor:
+    """``(..., 2)`` x, y pixels of the resized network input -> pixels of the ``image_size`` ``(W, H)`` image it
+    was resized from (``cv2.resize`` to ``network_size``): pixel-centre aligned, as cv2.resize samples,
+    ``x = (x_net + 0.5) * W / W_net - 0.5``, clipped to the image."""
+    (network_w, network_h), (width, height) = network_size, image_size
+    xy = (xy + 0.5) * xy.new_tensor([width / network_w, height / network_h]) - 0.5
+    return torch.minimum(xy.clamp_min(0), xy.new_tensor([width - 1, height - 1]))
+
+
 def _half_dtype(half: bool | str) -> torch.dtype | None:
     if half is False or half is None:
         return None
@@ -206,15 +220,15 @@ class KeypointDetector:
         if input_size is not None and (len(input_size) != 2 or any(int(v) != v or v < 1 for v in input_size)):
             raise ValueError(f"input_size must be (width, height) in pixels, got {input_size!r}")
         if input_scale is not None:
-            check_input_scale(input_scale)
-        if input_scale is not None and input_size is not None:
-            raise ValueError("give input_size or input_scale, not both")
+            input_scale = check_input_scale(input_scale)
+            if input_size is not None:
+                raise ValueError("give input_size or input_scale, not both")
         self.network = network
         self.top_k = top_k
         self.score_threshold = float(score_threshold)
         self.nms_radius = int(nms_radius)
         self.input_size = None if input_size is None else (int(input_size[0]), int(input_size[1]))
-        self.input_scale = None if input_scale in (None, 1) else float(input_scale)
+        self.input_scale = None if input_scale == 1.0 else input_scale
         self.half_dtype = _half_dtype(half)
         if self.half_dtype is not None and self.device.type != "cuda":
             warnings.warn("KeypointDetector: half precision is only used on CUDA; running float32", stacklevel=2)
@@ -265,7 +279,7 @@ class KeypointDetector:
         resized = image_bgr
         network_size = self.input_size
         if self.input_scale is not None:
-            network_size = (max(1, round(width * self.input_scale)), max(1, round(height * self.input_scale)))
+            network_size = scaled_size(width, height, self.input_scale)
         if network_size is not None and network_size != (width, height):
             resized = cv2.resize(image_bgr, network_size, interpolation=cv2.INTER_LINEAR)
         h, w = resized.shape[:2]
@@ -346,8 +360,6 @@ class KeypointDetector:
             grid = points.T.reshape(1, 2, 1, -1)
             descriptors = sample_descriptors(dense, grid, padded_h, padded_w, self.align_corners)[0, :, 0].T
         input_w, input_h = item.input_size
-        if (valid_w, valid_h) != (input_w, input_h):  # resized: pixel-centre aligned, as cv2.resize samples
-            scale = points.new_tensor([input_w / valid_w, input_h / valid_h])
-            points = (points + 0.5) * scale - 0.5
-            points = torch.minimum(points.clamp_min(0), points.new_tensor([input_w - 1, input_h - 1]))
+        if (valid_w, valid_h) != (input_w, input_h):  # resized
+            points = to_image_pixels(points, (valid_w, valid_h), (input_w, input_h))
         return Detections(points.contiguous(), scores.contiguous(), descriptors.contiguous(), (input_w, input_h))

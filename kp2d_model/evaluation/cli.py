@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kp2d_model.checkpoint import CheckpointError, default_checkpoint_path
+from kp2d_model.detector import check_input_scale
 from kp2d_model.evaluation.evaluate import DEFAULT_SETTINGS, EvaluationRun, evaluate_method, format_table
 from kp2d_model.evaluation.hpatches import SUBSETS, HPatchesError, HPatchesSequence, find_sequences, load_sequence
 from kp2d_model.evaluation.methods import METHOD_NAMES, FeatureMethod, describe_images, get_method
@@ -53,12 +54,9 @@ def positive_int(text: str) -> int:
 
 def input_scale(text: str) -> float:
     try:
-        value = float(text)
+        return check_input_scale(float(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 8], got {text!r}") from None
-    if not 0 < value <= 8:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 8], got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kp2d_model.checkpoint import load_keypoint_net
-from kp2d_model.detector import check_input_scale, fuse_batchnorm, resolve_device
+from kp2d_model.detector import check_input_scale, fuse_batchnorm, resolve_device, scaled_size, to_image_pixels
 from kp2d_model.image import normalize_image
 from kp2d_model.networks import KeypointNet, KeypointResnet
 
@@ -115,12 +115,13 @@ class KeyPointNetMethod:
             if image.shape != shape:
                 raise ValueError(f"kp2d: images[{index}] has shape {image.shape}, images[0] has {shape}")
         height, width = shape[:2]
-        network_w, network_h = round(width * self.input_scale), round(height * self.input_scale)
-        if network_h % self.stride or network_w % self.stride or network_h < 1 or network_w < 1:
-            scaled = "" if self.input_scale == 1 else f" (input_scale {self.input_scale:g} x {width}x{height})"
+        network_w, network_h = scaled_size(width, height, self.input_scale)
+        resized = (network_w, network_h) != (width, height)
+        if network_h % self.stride or network_w % self.stride:
+            scaled = f" (input_scale {self.input_scale:g} x {width}x{height})" if resized else ""
             size = f"{network_w}x{network_h}{scaled}"
             raise ValueError(f"kp2d: image size {size} is not a multiple of the network stride {self.stride}")
-        if (network_w, network_h) != (width, height):
+        if resized:
             size = (network_w, network_h)
             images_bgr = [cv2.resize(image, size, interpolation=cv2.INTER_LINEAR) for image in images_bgr]
         batch = torch.from_numpy(np.stack(images_bgr)).to(self.device).permute(0, 3, 1, 2).float().div(255.0)
@@ -132,11 +133,10 @@ class KeyPointNetMethod:
                 desc = desc.flatten(2)
             else:
                 desc = descriptors_at_points(desc, self.final_conv, coord, network_h, network_w)
+            if resized:  # back to the image's pixels, as the detector maps them
+                coord = to_image_pixels(coord.transpose(1, 2), (network_w, network_h), (width, height)).transpose(1, 2)
             points = torch.cat([coord, score], dim=1).transpose(1, 2).float().cpu().numpy()  # (B, N, 3)
             descriptors = desc.transpose(1, 2).float().cpu().numpy()  # (B, N, D)
-        if (network_w, network_h) != (width, height):  # back to the image's pixels, pixel-centre aligned
-            points[:, :, :2] = (points[:, :, :2] + 0.5) * np.array([width / network_w, height / network_h]) - 0.5
-            points[:, :, :2] = np.clip(points[:, :, :2], 0, [width - 1, height - 1])  # as the detector
         results = []
         for image_points, image_descriptors in zip(points, descriptors, strict=True):
             keep = image_points[:, 2] > 0.0
