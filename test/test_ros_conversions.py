@@ -13,9 +13,11 @@ from ros_helpers import require_ros
 
 require_ros()
 
+from rosbags.image import image_to_cvimage  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
+from kp2d_ros import conversions  # noqa: E402
 from kp2d_ros.camera_model import CameraInfoError, check_camera_info, normalized_coordinates  # noqa: E402
 from kp2d_ros.camera_sim import PhotoCamera, camera_info_message, default_photo, encode, image_message  # noqa: E402
 from kp2d_ros.conversions import ImageInputError, compressed_to_array, image_to_array  # noqa: E402
@@ -72,6 +74,41 @@ def test_big_endian_mono16_is_read_in_its_byte_order():
     msg.data = to_array("B", values.astype(">u2").view(np.uint8))
     expected = np.round(values.astype(float) * 255 / values.max())
     np.testing.assert_allclose(image_to_array(msg).pixels, expected, atol=1)
+
+
+class _NumPy2CvBridge:
+    """cv_bridge's imgmsg_to_cv2 as it behaves with NumPy 2: big-endian frames fail inside it
+    (``ndarray.newbyteorder`` is gone); other frames convert. Counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def imgmsg_to_cv2(self, msg, desired_encoding="passthrough"):
+        self.calls += 1
+        if msg.is_bigendian:
+            raise AttributeError("'numpy.ndarray' object has no attribute 'newbyteorder'")
+        return image_to_cvimage(msg)
+
+
+@pytest.mark.parametrize("encoding", ["mono16", "16UC1", "bgr8", "mono8"])
+def test_big_endian_frames_do_not_go_through_cv_bridge(monkeypatch, encoding):
+    bridge = _NumPy2CvBridge()
+    monkeypatch.setattr(conversions, "_BRIDGE", bridge)
+    channels = 3 if encoding == "bgr8" else 1
+    sample = np.dtype(">u2") if "16" in encoding else np.dtype(np.uint8)
+    values = (np.arange(6 * 5 * channels) * (1000 if sample.itemsize == 2 else 7) % 65536).astype(sample)
+    msg = Image(height=6, width=5, encoding=encoding, step=5 * channels * sample.itemsize, is_bigendian=True)
+    msg.data = to_array("B", values.view(np.uint8))
+    pixels = image_to_array(msg).pixels
+    expected = values.astype(np.uint16 if sample.itemsize == 2 else np.uint8).reshape(pixels.shape)
+    if sample.itemsize == 2:  # stretched to 8 bits per frame
+        expected = np.round((expected.astype(float) - expected.min()) * 255 / (expected.max() - expected.min()))
+    np.testing.assert_allclose(pixels, expected, atol=1)
+    assert bridge.calls == 0
+    msg.is_bigendian = False  # a little-endian frame does use the bridge
+    msg.data = to_array("B", values.astype(values.dtype.newbyteorder("<")).view(np.uint8))
+    np.testing.assert_allclose(image_to_array(msg).pixels, expected, atol=1)
+    assert bridge.calls == 1
 
 
 @pytest.mark.parametrize(
