@@ -1,4 +1,8 @@
-"""Shared test fixtures: where the reference fixtures of the original KP2D code live."""
+"""Shared test fixtures: where the reference fixtures of the original KP2D code live.
+
+Tests that need them skip (with the path in the reason) when they are absent, as in a colcon workspace;
+``make test`` sets ``KP2D_REQUIRE_FIXTURES=1``, which makes their absence a failure instead.
+"""
 
 from __future__ import annotations
 
@@ -17,5 +21,8 @@ REFERENCE_DIR = Path(
 def reference_dir() -> Path:
     """The read-only fixtures produced by the original code (``../shared/fixtures/kp2d_reference``)."""
     if not (REFERENCE_DIR / "expected.json").is_file():
-        pytest.fail(f"reference fixtures not found at {REFERENCE_DIR}; set KP2D_REFERENCE_FIXTURES")
+        message = f"reference fixtures not found at {REFERENCE_DIR}; set KP2D_REFERENCE_FIXTURES"
+        if os.environ.get("KP2D_REQUIRE_FIXTURES") == "1":  # `make test` (CI): the fixtures lie beside the clone
+            pytest.fail(message)
+        pytest.skip(message)  # e.g. `colcon test` in a workspace, where there is no ../shared
     return REFERENCE_DIR
