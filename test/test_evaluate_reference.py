@@ -24,13 +24,22 @@ def expected_runs(reference_dir: Path) -> dict[str, dict[str, float]]:
     return json.loads((reference_dir / "expected.json").read_text())["evaluate_keypoint_net"]
 
 
+# Tolerances of the summary against the original's numbers. localization_error is a mean of distances between
+# float32 keypoints of up to 320 px, whose float32 ulp is 3e-5 px; the network's reductions run in
+# kernel-dependent order (AVX-512 / AMX / AVX2 / default ATen), which moves the points by a few ulps (measured:
+# 8.7e-9 px on the mean on an Intel Xeon, 0 here), so 1e-4 px. The other metrics are ratios of integer counts
+# (points within a threshold, correct homographies): exact unless a point lies within rounding of a threshold,
+# and then a count changes by a whole point; measured identical on all those kernels (`make test-isa`).
+REFERENCE_ABS = {"localization_error": 1e-4, "repeatability": 1e-9, "c1": 1e-9, "c3": 1e-9, "c5": 1e-9, "mscore": 1e-9}
+
+
 def test_reference_forward_reproduces_the_original_at_320x240(reference_dir: Path, expected_runs) -> None:
     """The plain (unfused) network path: same forward as the original, so the means agree to rounding."""
     method = KeyPointNetMethod(reference_dir / "v4_reference.ckpt", device="cpu", fuse_batchnorm=False)
     run = evaluate_method(method, find_sequences(reference_dir / "mini_hpatches"), (320, 240), 300)
     summary = run.summary()["all"]
     for name, value in expected_runs["v4_320x240_top300"].items():
-        assert summary[name] == pytest.approx(value, abs=1e-9), name
+        assert summary[name] == pytest.approx(value, abs=REFERENCE_ABS[name]), name
     assert len(run.pairs) == 10 and summary["pairs"] == 10
 
 
