@@ -407,16 +407,17 @@ class DetectorNode(Node):
 
     def _on_set_parameters(self, parameters: list[Any]) -> SetParametersResult:
         """Validate runtime changes (types, ranges and read-only are checked by rclpy) and apply them."""
-        changes = {}
+        changes = {}  # parameter name (as `ros2 param set` takes it) -> new value
         for parameter in parameters:
             reason = self._invalid_reason(parameter.name, parameter.value)
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
             if parameter.name in RUNTIME_NAMES:
-                changes[RUNTIME_NAMES[parameter.name]] = parameter.value
+                changes[parameter.name] = parameter.value
         if changes:
-            self._settings = replace(self._settings, **changes)  # one reference swap: the worker sees all or none
-            self.get_logger().info(f"parameters changed: {changes}")
+            settings = {RUNTIME_NAMES[name]: value for name, value in changes.items()}
+            self._settings = replace(self._settings, **settings)  # one reference swap: the worker sees all or none
+            self.get_logger().info(f"parameters changed: {', '.join(f'{n}={v!r}' for n, v in changes.items())}")
         return SetParametersResult(successful=True)
 
     # --- worker thread -----------------------------------------------------------------------------
