@@ -199,8 +199,9 @@ def test_matches_refer_to_the_previous_processed_frame_and_agree_with_the_ground
     start = len(detector.matches.snapshot())
     sim = NodeProcess(
         "camera_sim",
-        ["-r", f"__ns:={detector.namespace}", "-p", f"width:={WIDTH}", "-p", f"height:={HEIGHT}",
-         "-p", "rate:=2.0", "-p", "num_frames:=10", "-p", "speed:=5.0", "-p", "wait_for_subscribers:=1"],
+        ["-r", f"__ns:={detector.namespace}", "-r", "image_raw:=image",
+         "-p", f"width:={WIDTH}", "-p", f"height:={HEIGHT}", "-p", "rate:=2.0",
+         "-p", "num_frames:=10", "-p", "speed:=5.0", "-p", "wait_for_subscribers:=1"],
         tmp_path,
     )  # fmt: skip
     try:
