@@ -37,7 +37,7 @@ def _installed_executables() -> Path:
         return REPO_ROOT / "install" / "kp2d_ros" / "lib" / "kp2d_ros"
     try:
         return Path(get_package_prefix("kp2d_ros")) / "lib" / "kp2d_ros"
-    except PackageNotFoundError:
+    except (PackageNotFoundError, OSError):  # not in the index, or no AMENT_PREFIX_PATH at all
         return REPO_ROOT / "install" / "kp2d_ros" / "lib" / "kp2d_ros"
 
 
