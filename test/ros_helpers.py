@@ -54,7 +54,7 @@ def require_ros() -> None:
     try:
         import rclpy  # noqa: F401
 
-        import kp2d_ros_msgs.msg  # noqa: F401
+        from kp2d_ros_msgs.msg import Keypoints  # noqa: F401 (the source folder alone imports as a namespace package)
     except ImportError as error:
         if os.environ.get("KP2D_ROS_ENV") == "1":
             raise
