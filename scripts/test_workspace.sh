@@ -50,4 +50,14 @@ if ((result_code != 0)) || [[ -z "$tests" ]] || ((tests < MIN_TESTS)) || ! grep 
     tail -80 "$WS/test.log"
     fail "colcon test-result: want >= $MIN_TESTS tests, 0 errors, 0 failures (exit $result_code)"
 fi
+# Why tests skipped (counts per reason), so a CI log shows that only the expected ones did.
+"$VENV/bin/python" - "$WS/build/kp2d_ros/pytest.xml" <<'PY' || true
+import collections, re, sys, xml.etree.ElementTree as ET
+reasons = collections.Counter(
+    re.sub(r"/\S*/kp2d_workspace\.\w+", "<ws>", element.get("message", ""))[:150]
+    for element in ET.parse(sys.argv[1]).iter("skipped")
+)
+for reason, count in reasons.most_common():
+    print(f"[workspace]   skipped {count:3d}: {reason}")
+PY
 echo "[workspace] passed"
