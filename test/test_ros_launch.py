@@ -60,18 +60,19 @@ def test_demo_forwards_every_detector_argument_it_sets_and_launch_files_do_not_c
     """`--show-args` of demo.launch.py lists the included detector's arguments: each one the demo sets must be
     declared by the demo and forwarded (a value given on the command line takes effect), not silently fixed."""
     from launch.actions import IncludeLaunchDescription
-    from launch.substitutions import LaunchConfiguration
     from launch_ros.actions import Node
+
+    from launch import LaunchContext
 
     demo = load_description("demo.launch.py")
     include = next(entity for entity in demo.entities if isinstance(entity, IncludeLaunchDescription))
     forwarded = dict(include.launch_arguments)
     assert {"namespace", "image", "camera_info", "use_camera_info", "geometry", "image_qos"} <= set(forwarded)
+    assert set(forwarded) <= declared(demo)
+    context = LaunchContext()  # what `ros2 launch kp2d_ros demo.launch.py name:=value` gives the include
+    context.launch_configurations.update({name: f"given {name}" for name in forwarded})
     for name, value in forwarded.items():
-        parts = [name] if isinstance(name, str) else name
-        assert len(parts) == 1 and isinstance(parts[0], str), name
-        assert len(value) == 1 and isinstance(value[0], LaunchConfiguration), (name, value)
-    assert {parts if isinstance(parts, str) else parts[0] for parts in forwarded} <= declared(demo)
+        assert value.perform(context) == f"given {name}", f"{name} is not forwarded from the command line"
     for description in (demo, load_description("detector.launch.py")):
         for node in (entity for entity in description.entities if isinstance(entity, Node)):
             emulate_tty = [value for key, value in vars(node).items() if key.endswith("__emulate_tty")]
