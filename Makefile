@@ -6,7 +6,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 IN_ROS_ENV := bash scripts/with_ros_env.sh
 
-.PHONY: setup ros test lint demo bench clean
+.PHONY: setup ros test lint demo bench clean test-suite test-isa test-stacks test-workspace
 
 setup:
 	@bash scripts/setup_venv.sh
@@ -17,8 +17,25 @@ ros: setup
 lint: setup
 	$(PYTHON) -m ruff check .
 
+# The suite, then the portability steps (scripts/test_*.sh; README "Two commands"), one header each.
 test: ros lint
-	$(IN_ROS_ENV) $(PYTHON) -m pytest
+	@$(MAKE) --no-print-directory test-suite test-isa test-stacks test-workspace
+
+test-suite: ros
+	@echo "=== make test-suite: all tests on the pinned stack ==="
+	KP2D_REQUIRE_FIXTURES=1 $(IN_ROS_ENV) $(PYTHON) -m pytest
+
+test-isa: setup
+	@echo "=== make test-isa: fidelity tests on other CPU kernels (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA) ==="
+	@bash scripts/test_isa.sh
+
+test-stacks: ros
+	@echo "=== make test-stacks: library and ROS-glue tests on NumPy 1.26.4 + OpenCV 4.6.0 ==="
+	@bash scripts/test_stacks.sh
+
+test-workspace: setup
+	@echo "=== make test-workspace: colcon build + colcon test in a workspace from git archive HEAD ==="
+	@bash scripts/test_workspace.sh
 
 demo: ros
 	$(IN_ROS_ENV) $(PYTHON) -m kp2d_ros.demo

@@ -2,6 +2,11 @@
 
 Normalised coordinates are ``((u - cx) / fx, (v - cy) / fy)`` after removing lens distortion, i.e. the
 x, y of the viewing ray (x, y, 1) in the camera's optical frame (x right, y down, z forward).
+
+Works on OpenCV 4.5 (Ubuntu 22.04, Humble), 4.6 (Ubuntu 24.04, Jazzy/Kilted) and 5: OpenCV 4 takes the
+termination criteria through ``cv2.undistortPointsIter`` (``cv2.undistortPoints`` has no criteria argument
+there), OpenCV 5 through ``cv2.undistortPoints`` (``undistortPointsIter`` is gone); ``cv2.fisheye.undistortPoints``
+takes criteria from OpenCV 4.6 on, and 4.5 runs its own fixed Newton iterations.
 """
 
 from __future__ import annotations
@@ -17,6 +22,25 @@ __all__ = ["CameraInfoError", "normalized_coordinates", "check_camera_info"]
 DISTORTION_MODELS = {"plumb_bob": 5, "rational_polynomial": 8, "equidistant": 4, "": 0, "none": 0}
 # OpenCV's default of 5 fixed-point iterations leaves ~0.3 px at the corners of strongly distorted lenses.
 UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 1e-10)
+
+
+def _fisheye_takes_criteria() -> bool:
+    """Whether this OpenCV's ``cv2.fisheye.undistortPoints`` accepts ``criteria`` (4.6 and later)."""
+    try:
+        cv2.fisheye.undistortPoints(np.zeros((1, 1, 2)), np.eye(3), np.zeros(4), criteria=UNDISTORT_CRITERIA)
+    except cv2.error:  # "'criteria' is an invalid keyword argument"
+        return False
+    return True
+
+
+FISHEYE_TAKES_CRITERIA = _fisheye_takes_criteria()
+
+
+def _undistort_pinhole(points: np.ndarray, k: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """``(N, 1, 2)`` float64 pixels -> normalised coordinates, plumb_bob / rational_polynomial (OpenCV 4 and 5)."""
+    if hasattr(cv2, "undistortPointsIter"):  # OpenCV 4.x: undistortPoints has no criteria argument
+        return cv2.undistortPointsIter(points, k, d, None, None, UNDISTORT_CRITERIA)
+    return cv2.undistortPoints(points, k, d, None, None, None, UNDISTORT_CRITERIA)  # OpenCV 5
 
 
 class CameraInfoError(ValueError):
@@ -65,9 +89,12 @@ def normalized_coordinates(points: np.ndarray, k: np.ndarray, d: np.ndarray, mod
     if points.shape[0] == 0:
         return np.zeros((0, 2), np.float32)
     if model == "equidistant":
-        result = cv2.fisheye.undistortPoints(points, k, d, criteria=UNDISTORT_CRITERIA)
+        if FISHEYE_TAKES_CRITERIA:
+            result = cv2.fisheye.undistortPoints(points, k, d, criteria=UNDISTORT_CRITERIA)
+        else:  # OpenCV 4.5
+            result = cv2.fisheye.undistortPoints(points, k, d)
     elif d.size and np.any(d):
-        result = cv2.undistortPoints(points, k, d, None, None, None, UNDISTORT_CRITERIA)
+        result = _undistort_pinhole(points, k, d)
     else:  # no distortion: the pinhole model only
         result = (points - k[[0, 1], [2, 2]]) / k[[0, 1], [0, 1]]
     return result.reshape(-1, 2).astype(np.float32)

@@ -2,8 +2,9 @@
 
 Photo mode (default): a pinhole camera moves smoothly over a planar photo (default scikit-image's
 ``astronaut.png``, or ``source:=/path/photo.png``); each frame is the photo warped by a known homography,
-published on ``image`` with ``camera_info`` and ``ground_truth`` (kp2d_ros_msgs/GroundTruthHomography:
-previous-to-current and photo-to-current homographies in pixels) so matches can be scored.
+published on ``image_raw`` (as camera drivers do) with ``camera_info`` and ``ground_truth``
+(kp2d_ros_msgs/GroundTruthHomography: previous-to-current and photo-to-current homographies in pixels) so
+matches can be scored.
 Folder / video mode (``source:=`` a directory of images or a video file): the frames as they are, no
 ground truth. Publishes at ``rate`` Hz, stamps from the node clock; stops after ``num_frames`` (0: never).
 """
@@ -163,7 +164,7 @@ def camera_info_message(width: int, height: int, header: Any) -> CameraInfo:
 
 
 class CameraSimNode(Node):
-    """Publishes ``image``, ``camera_info`` and (photo mode) ``ground_truth``; see the module docstring."""
+    """Publishes ``image_raw``, ``camera_info`` and (photo mode) ``ground_truth``; see the module docstring."""
 
     def __init__(self, **node_kwargs: Any):
         super().__init__("camera_sim", **node_kwargs)
@@ -178,8 +179,8 @@ class CameraSimNode(Node):
             "speed": (1.0, "photo mode motion per frame, relative to the default"),
             "loop": (True, "folder/video mode: start again at the end"),
             "image_qos": ("sensor_data", "sensor_data (BEST_EFFORT, depth 1) or reliable (depth 10)"),
-            "publish_compressed": (False, "also publish image/compressed (JPEG)"),
-            "wait_for_subscribers": (0, "publish only once image has at least this many subscribers"),
+            "publish_compressed": (False, "also publish image_raw/compressed (JPEG)"),
+            "wait_for_subscribers": (0, "publish only once image_raw has at least this many subscribers"),
         }
         for name, (default, description) in params.items():
             self.declare_parameter(name, default, ParameterDescriptor(description=description, read_only=True))
@@ -206,9 +207,11 @@ class CameraSimNode(Node):
             reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
             history=HistoryPolicy.KEEP_LAST,
         )
-        self.image_pub = self.create_publisher(Image, "image", image_qos)
+        self.image_pub = self.create_publisher(Image, "image_raw", image_qos)
         self.compressed_pub = (
-            self.create_publisher(CompressedImage, "image/compressed", image_qos) if p["publish_compressed"] else None
+            self.create_publisher(CompressedImage, "image_raw/compressed", image_qos)
+            if p["publish_compressed"]
+            else None
         )
         self.info_pub = self.create_publisher(CameraInfo, "camera_info", image_qos)
         # Transient local: a scorer that joins late still gets the recent ground truth.
@@ -221,7 +224,7 @@ class CameraSimNode(Node):
         self.timer = self.create_timer(1.0 / p["rate"], self._tick)
         self.get_logger().info(
             f"publishing {'photo ' if self.camera else 'frames of '}{source} at {p['rate']} Hz "
-            f"on {self.resolve_topic_name('image')}"
+            f"on {self.resolve_topic_name('image_raw')}"
         )
 
     def _tick(self) -> None:

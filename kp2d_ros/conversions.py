@@ -3,7 +3,8 @@
 Every check that can fail on bad input raises :class:`ImageInputError` with a specific reason, so the
 node can warn and go on with the next frame. The pixel conversion itself uses ``cv_bridge`` when it is
 importable (a ROS 2 installation), else ``rosbags-image`` (pure Python, PyPI); rows padded beyond
-``width * bytes_per_pixel`` (``step`` larger than needed) are cropped here first, as rosbags ignores step.
+``width * bytes_per_pixel`` (``step`` larger than needed) are cropped here first, as rosbags ignores step, and
+big-endian frames (``is_bigendian``) are converted here too (cv_bridge fails on them with NumPy 2).
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ def image_to_array(msg: Any, max_pixels: int = 4096 * 4096) -> ConvertedImage:
             f"data has {len(msg.data)} bytes, fewer than step x height = {step} x {height} = {step * height}",
         )
 
-    if step != row_bytes or len(msg.data) != step * height:
+    if step != row_bytes or len(msg.data) != step * height or msg.is_bigendian:
+        # Big-endian frames too: cv_bridge byte-swaps them with ndarray.newbyteorder(), gone in NumPy 2.
         pixels = _strided_view(msg, encoding, width, height, step)
     elif _BRIDGE is not None:
         pixels = _BRIDGE.imgmsg_to_cv2(msg, desired_encoding="passthrough")

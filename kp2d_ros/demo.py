@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     spinner.start()
 
     ns = ["-r", f"__ns:={namespace}"]
-    detector = subprocess.Popen([_executable("detector"), "--ros-args", *ns, "-p", f"model:={model}",
+    detector = subprocess.Popen([_executable("detector"), "--ros-args", *ns, "-r", "image:=image_raw",
+                                 "-p", f"model:={model}",
                                  "-p", f"device:={args.device}", "-p", f"input_scale:={args.input_scale}",
                                  "-p", "matching.geometry:=homography",
                                  "-p", "use_camera_info:=true", "-p", "camera_info_sync:=latest",

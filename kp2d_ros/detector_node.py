@@ -407,24 +407,25 @@ class DetectorNode(Node):
 
     def _on_set_parameters(self, parameters: list[Any]) -> SetParametersResult:
         """Validate runtime changes (types, ranges and read-only are checked by rclpy) and apply them."""
-        changes = {}
+        changes = {}  # parameter name (as `ros2 param set` takes it) -> new value
         for parameter in parameters:
             reason = self._invalid_reason(parameter.name, parameter.value)
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
             if parameter.name in RUNTIME_NAMES:
-                changes[RUNTIME_NAMES[parameter.name]] = parameter.value
+                changes[parameter.name] = parameter.value
         if changes:
-            self._settings = replace(self._settings, **changes)  # one reference swap: the worker sees all or none
-            self.get_logger().info(f"parameters changed: {changes}")
+            settings = {RUNTIME_NAMES[name]: value for name, value in changes.items()}
+            self._settings = replace(self._settings, **settings)  # one reference swap: the worker sees all or none
+            self.get_logger().info(f"parameters changed: {', '.join(f'{n}={v!r}' for n, v in changes.items())}")
         return SetParametersResult(successful=True)
 
     # --- worker thread -----------------------------------------------------------------------------
 
     def _work(self) -> None:
-        while self._running:
+        while not self._shutting_down():
             frame = self._slot.take(timeout=0.2)
-            if frame is None or not self._running:
+            if frame is None or self._shutting_down():
                 continue
             try:
                 self._process(frame)
@@ -438,8 +439,14 @@ class DetectorNode(Node):
                 self._warn("oom", f"frame skipped: out of memory on {self._device} ({str(error).splitlines()[0]}); "
                            "consider input_width/input_height, top_k or half")  # fmt: skip
             except Exception as error:  # a model failure on one frame must not stop the node
+                if self._shutting_down():
+                    return  # Ctrl-C while this frame was in flight: its publishers are gone, a normal stop
                 self._stats.count("failed")
                 self._warn(f"failure:{type(error).__name__}", f"frame skipped: processing failed: {error!r}")
+
+    def _shutting_down(self) -> bool:
+        """The node is being stopped, or its context was shut down (Ctrl-C: rclpy's signal handler)."""
+        return not self._running or not self.context.ok()
 
     def _warn(self, kind: str, message: str) -> None:
         """A warning at most every WARN_PERIOD_S per kind, with the number of suppressed repeats."""

@@ -3,8 +3,13 @@
 
     ros2 launch kp2d_ros demo.launch.py [model:=/path/to/model.ckpt] [num_frames:=300] [source:=/path/photo.png]
 
-Topics: /camera/image, /camera/camera_info, /camera/ground_truth; /kp2d/kp2d_detector/{keypoints,matches,
+Topics: /camera/image_raw, /camera/camera_info, /camera/ground_truth; /kp2d/kp2d_detector/{keypoints,matches,
 debug_image}. View the debug image with e.g. rqt_image_view /kp2d/kp2d_detector/debug_image.
+
+The detector's launch arguments that this file sets (namespace, image, camera_info, use_camera_info, geometry,
+image_qos) are declared here with the demo's values as defaults and forwarded, so `--show-args` lists them
+once and `name:=value` on the command line takes effect; the detector's other arguments (params_file,
+node_name, debug_image) pass through unchanged.
 """
 
 from launch import LaunchDescription
@@ -24,12 +29,21 @@ ARGUMENTS = {
     "width": ("640", "camera_sim frame width"),
     "height": ("480", "camera_sim frame height"),
 }
+# Arguments of detector.launch.py that the demo sets: declared here (demo defaults) and forwarded.
+DETECTOR_ARGUMENTS = {
+    "namespace": ("kp2d", "namespace of the detector (outputs: <namespace>/kp2d_detector/...)"),
+    "image": ("/camera/image_raw", "image topic of the detector (camera_sim publishes /camera/image_raw)"),
+    "camera_info": ("/camera/camera_info", "camera_info topic of the detector"),
+    "use_camera_info": ("true", "compute undistorted normalised coordinates from camera_info"),
+    "geometry": ("homography", "match verification (the photo is planar): none, homography or fundamental"),
+    "image_qos": ("reliable", "detector image QoS: reliable or sensor_data (640 x 480 best-effort often lost)"),
+}
 
 
 def generate_launch_description() -> LaunchDescription:
     arguments = [
         DeclareLaunchArgument(name, default_value=default, description=description)
-        for name, (default, description) in ARGUMENTS.items()
+        for name, (default, description) in {**ARGUMENTS, **DETECTOR_ARGUMENTS}.items()
     ]
     camera = Node(
         package="kp2d_ros",
@@ -46,20 +60,14 @@ def generate_launch_description() -> LaunchDescription:
             }
         ],
         output="screen",
+        emulate_tty=False,  # no ANSI colour codes in log files
     )
     detector = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(
             PathJoinSubstitution([FindPackageShare("kp2d_ros"), "launch", "detector.launch.py"])
         ),
         launch_arguments={
-            "namespace": "kp2d",
-            "image": "/camera/image",
-            "camera_info": "/camera/camera_info",
-            "model": LaunchConfiguration("model"),
-            "device": LaunchConfiguration("device"),
-            "use_camera_info": "true",
-            "geometry": "homography",  # the photo is planar
-            "image_qos": "reliable",
+            name: LaunchConfiguration(name) for name in ("model", "device", *DETECTOR_ARGUMENTS)
         }.items(),
     )
     return LaunchDescription([*arguments, camera, detector])

@@ -56,6 +56,6 @@ def generate_launch_description() -> LaunchDescription:
         parameters=[LaunchConfiguration("params_file"), overrides],
         remappings=[("image", LaunchConfiguration("image")), ("camera_info", LaunchConfiguration("camera_info"))],
         output="screen",
-        emulate_tty=True,
+        emulate_tty=False,  # no ANSI colour codes in log files (~/.ros/log): they stay plain text
     )
     return LaunchDescription([*arguments, detector])

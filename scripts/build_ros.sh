@@ -68,6 +68,8 @@ export PATH="$VENV/bin:$PATH"
     --symlink-install \
     --event-handlers console_cohesion- summary+ \
     --cmake-args -DBUILD_TESTING=OFF "-DPython3_EXECUTABLE=$PYTHON" -DCMAKE_BUILD_TYPE=Release
+# kp2d-* commands installed there by an older setup.py (now only the ROS executables go to lib/kp2d_ros).
+rm -f install/kp2d_ros/lib/kp2d_ros/kp2d-*
 # Installed entry points must run with the venv's interpreter (it holds torch, kp2d_model and rclpy).
 for exe in install/kp2d_ros/lib/kp2d_ros/*; do
     head -1 "$exe" | grep -q "^#!$VENV/bin/python" || { echo "[ros] $exe does not use $PYTHON" >&2; exit 1; }

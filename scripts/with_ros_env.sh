@@ -8,7 +8,8 @@
 #   RMW_IMPLEMENTATION                     rmw_fastrtps_cpp (the one the wheels provide)
 #   ROS_AUTOMATIC_DISCOVERY_RANGE          LOCALHOST: nodes only discover peers on this machine (loopback)
 #   ROS_DOMAIN_ID                          kept if set, else 0; the tests pick their own per run (test/ros_helpers.py)
-# Variables already set by the caller win (except the paths, which are extended).
+# Variables already set by the caller win (except the paths, which are extended). KP2D_OVERLAY names another
+# colcon install/ to source instead of the repository's, KP2D_CWD another working directory.
 set -eo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV="$ROOT/.venv"
@@ -34,11 +35,13 @@ for libs in "$VENV"/lib/python3*/site-packages/ros_*.libs; do
 done
 prepend LD_LIBRARY_PATH "$VENV/lib"
 
-if [[ -f "$ROOT/install/local_setup.bash" ]]; then
+# KP2D_OVERLAY: another colcon install/ to source instead of the repository's (scripts/test_workspace.sh).
+OVERLAY=${KP2D_OVERLAY:-$ROOT/install}
+if [[ -f "$OVERLAY/local_setup.bash" ]]; then
     # shellcheck disable=SC1091
-    source "$ROOT/install/local_setup.bash"
+    source "$OVERLAY/local_setup.bash"
 else
-    echo "with_ros_env: $ROOT/install/ not built (run 'make ros'); running without the overlay" >&2
+    echo "with_ros_env: $OVERLAY/ not built (run 'make ros'); running without the overlay" >&2
 fi
 
 export RMW_IMPLEMENTATION=${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}
@@ -46,5 +49,5 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE=${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}
 export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-0}
 # Tells the tests they run in the full ROS environment: missing ROS pieces are then failures, not skips.
 export KP2D_ROS_ENV=1
-cd "$ROOT"
+cd "${KP2D_CWD:-$ROOT}"
 exec "$@"

@@ -1,10 +1,15 @@
-"""Shared test fixtures: where the reference fixtures of the original KP2D code live."""
+"""Shared test fixtures: where the reference fixtures of the original KP2D code live.
+
+Tests that need them skip (with the path in the reason) when they are absent, as in a colcon workspace;
+``make test`` sets ``KP2D_REQUIRE_FIXTURES=1``, which makes their absence a failure instead.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import cv2
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -13,9 +18,33 @@ REFERENCE_DIR = Path(
 )
 
 
+# C1/C3/C5 (homography correctness) come from cv2.findHomography's RANSAC; the fixtures were made with OpenCV 5
+# and their README warns that another major version may give other values. With OpenCV 5 they are compared
+# exactly; with OpenCV 4 (the Ubuntu 22.04 / 24.04 stacks) only their range and order are checked.
+FIXTURES_OPENCV_MAJOR = 5
+
+
+@pytest.fixture(scope="session")
+def ransac_as_fixtures() -> bool:
+    """Whether this OpenCV's RANSAC is the one that made the fixtures' C1/C3/C5 (same major version)."""
+    return int(cv2.__version__.split(".")[0]) == FIXTURES_OPENCV_MAJOR
+
+
+def check_correctness(values: dict, expected: dict, exact: bool, label: str) -> None:
+    """C1/C3/C5 of ``values`` against ``expected``: equal when ``exact``, else in [0, 1] and C1 <= C3 <= C5."""
+    if exact:
+        for name in ("c1", "c3", "c5"):
+            assert values[name] == pytest.approx(expected[name], abs=1e-9), f"{label} {name}"
+    else:
+        assert 0.0 <= values["c1"] <= values["c3"] <= values["c5"] <= 1.0, f"{label} C1/C3/C5 {values}"
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     """The read-only fixtures produced by the original code (``../shared/fixtures/kp2d_reference``)."""
     if not (REFERENCE_DIR / "expected.json").is_file():
-        pytest.fail(f"reference fixtures not found at {REFERENCE_DIR}; set KP2D_REFERENCE_FIXTURES")
+        message = f"reference fixtures not found at {REFERENCE_DIR}; set KP2D_REFERENCE_FIXTURES"
+        if os.environ.get("KP2D_REQUIRE_FIXTURES") == "1":  # `make test` (CI): the fixtures lie beside the clone
+            pytest.fail(message)
+        pytest.skip(message)  # e.g. `colcon test` in a workspace, where there is no ../shared
     return REFERENCE_DIR

@@ -5,7 +5,8 @@
 - Importing this module gives the test run its own ``ROS_DOMAIN_ID`` (from the process id, unless
   ``KP2D_TEST_ROS_DOMAIN_ID`` is set) so parallel runs on one machine do not see each other; every test also
   uses its own namespace. Discovery stays on loopback (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``).
-- :class:`NodeProcess` starts an installed executable as ``ros2 run`` would and always stops it.
+- :class:`NodeProcess` starts an installed executable as ``ros2 run`` would (found through the ament index, so
+  the same tests run from the repository after ``make ros`` and in a colcon workspace) and always stops it.
 - :class:`RosTestNode` is an rclpy node in its own context with a background executor, with waits on
   discovery and on messages (with timeouts instead of blind sleeps).
 """
@@ -25,7 +26,22 @@ from typing import Any
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-INSTALL_BIN = REPO_ROOT / "install" / "kp2d_ros" / "lib" / "kp2d_ros"
+
+
+def _installed_executables() -> Path:
+    """``<prefix>/lib/kp2d_ros``, the prefix found through the ament index (``AMENT_PREFIX_PATH``, as ``ros2 run``
+    does): the repository's ``install/`` for ``make test``, the workspace's for ``colcon test``."""
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+    except ImportError:  # no ROS environment at all: require_ros() skips
+        return REPO_ROOT / "install" / "kp2d_ros" / "lib" / "kp2d_ros"
+    try:
+        return Path(get_package_prefix("kp2d_ros")) / "lib" / "kp2d_ros"
+    except (PackageNotFoundError, OSError):  # not in the index, or no AMENT_PREFIX_PATH at all
+        return REPO_ROOT / "install" / "kp2d_ros" / "lib" / "kp2d_ros"
+
+
+INSTALL_BIN = _installed_executables()
 DEFAULT_MODEL = REPO_ROOT / "kp2d_model" / "weights" / "kp2d_default.safetensors"
 
 os.environ["ROS_DOMAIN_ID"] = os.environ.get("KP2D_TEST_ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
@@ -38,15 +54,21 @@ def require_ros() -> None:
     try:
         import rclpy  # noqa: F401
 
-        import kp2d_ros_msgs.msg  # noqa: F401
+        from kp2d_ros_msgs.msg import Keypoints  # noqa: F401 (the source folder alone imports as a namespace package)
     except ImportError as error:
         if os.environ.get("KP2D_ROS_ENV") == "1":
             raise
-        pytest.skip(f"ROS 2 environment not set up ({error}); run 'make test' or scripts/with_ros_env.sh pytest")
+        pytest.skip(
+            f"ROS 2 environment not set up ({error}); run 'make test' or scripts/with_ros_env.sh pytest",
+            allow_module_level=True,
+        )
     if not (INSTALL_BIN / "detector").is_file():
         if os.environ.get("KP2D_ROS_ENV") == "1":
             pytest.fail(f"{INSTALL_BIN / 'detector'} missing: scripts/build_ros.sh did not install kp2d_ros")
-        pytest.skip("kp2d_ros not built (run 'make ros')")
+        pytest.skip(
+            f"kp2d_ros not built ({INSTALL_BIN / 'detector'} missing; run 'make ros' or colcon build)",
+            allow_module_level=True,
+        )
 
 
 def unique_namespace(prefix: str = "kp2d_test") -> str:

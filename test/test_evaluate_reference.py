@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import check_correctness
 
 from kp2d_model.evaluation.evaluate import EvaluationRun, PairResult, evaluate_method, format_table
 from kp2d_model.evaluation.hpatches import HPatchesError, find_sequences, load_sequence
@@ -24,13 +25,25 @@ def expected_runs(reference_dir: Path) -> dict[str, dict[str, float]]:
     return json.loads((reference_dir / "expected.json").read_text())["evaluate_keypoint_net"]
 
 
-def test_reference_forward_reproduces_the_original_at_320x240(reference_dir: Path, expected_runs) -> None:
+# Tolerances of the summary against the original's numbers. localization_error is a mean of distances between
+# float32 keypoints of up to 320 px, whose float32 ulp is 3e-5 px; the network's reductions run in
+# kernel-dependent order (AVX-512 / AMX / AVX2 / default ATen), which moves the points by a few ulps (measured:
+# 8.7e-9 px on the mean on an Intel Xeon, 0 here), so 1e-4 px. The other metrics are ratios of integer counts
+# (points within a threshold): exact unless a point lies within rounding of a threshold, and then a count changes
+# by a whole point; measured identical on all those kernels (`make test-isa`). C1/C3/C5 (RANSAC) are compared
+# exactly on the fixtures' OpenCV major version only (conftest.check_correctness).
+REFERENCE_ABS = {"localization_error": 1e-4, "repeatability": 1e-9, "mscore": 1e-9}
+
+
+def test_reference_forward_reproduces_the_original_at_320x240(reference_dir: Path, expected_runs, ransac_as_fixtures):
     """The plain (unfused) network path: same forward as the original, so the means agree to rounding."""
     method = KeyPointNetMethod(reference_dir / "v4_reference.ckpt", device="cpu", fuse_batchnorm=False)
     run = evaluate_method(method, find_sequences(reference_dir / "mini_hpatches"), (320, 240), 300)
     summary = run.summary()["all"]
-    for name, value in expected_runs["v4_320x240_top300"].items():
-        assert summary[name] == pytest.approx(value, abs=1e-9), name
+    expected = expected_runs["v4_320x240_top300"]
+    for name, tolerance in REFERENCE_ABS.items():
+        assert summary[name] == pytest.approx(expected[name], abs=tolerance), name
+    check_correctness(summary, expected, ransac_as_fixtures, "v4 320x240")
     assert len(run.pairs) == 10 and summary["pairs"] == 10
 
 

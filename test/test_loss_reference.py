@@ -15,8 +15,17 @@ from kp2d_model.homography import sample_homography, warp_image
 from kp2d_model.losses import LOSS_TERMS, kp2d_loss
 from kp2d_model.networks import InlierNet, KeypointNet
 
-LOSS_RTOL = 1e-4
-GRAD_RTOL = 1e-3
+LOSS_RTOL = 1e-4  # means over ~1e4 float32 terms: ~1e-6 relative rounding; passes on every kernel of `make test-isa`
+# Gradients: per tensor, ||ours - fixture|| <= GRAD_REL_L2 * ||fixture|| (L2 norms). Both are float32 backward
+# passes whose reductions run in kernel-dependent order (oneDNN / AVX-512 / AMX / AVX2 / default ATen). Two
+# effects, both from float32 rounding: the training-mode BatchNorm backward at full resolution cancels sums over
+# 4 x 240 x 320 ~ 3e5 values (conv1a), and the loss selects points (thresholds, matches), so a point that rounding
+# moves across a boundary changes the heads' gradients by one point's share. Measured against the fixture
+# (`make test-isa`): <= 4e-6 with the AVX-512 kernels, 2.0e-3 (conv1a) with ATEN_CPU_CAPABILITY=default,
+# 8.5e-3 (convPb) with ONEDNN_MAX_CPU_ISA=AVX2. 3e-2 leaves a factor ~3.5; a wrong gradient (a term missing or
+# weighted differently, a sign) is off by tens of percent. Elementwise checks do not fit: single entries that
+# nearly cancel move by 75 % of themselves under the same rounding.
+GRAD_REL_L2 = 3e-2
 
 
 def _reference_nets(reference_dir: Path) -> tuple[KeypointNet, InlierNet]:
@@ -81,8 +90,8 @@ def test_v4_gradients_match_the_original(v4_result, loss_fixture):
     for name, expected in gradients.items():
         param = io_params[name[len("io.") :]] if name.startswith("io.") else keypoint_params[name]
         assert param.grad is not None, name
-        scale = float(np.abs(expected).max())
-        np.testing.assert_allclose(param.grad.numpy(), expected, rtol=GRAD_RTOL, atol=GRAD_RTOL * scale, err_msg=name)
+        error = float(np.linalg.norm(param.grad.numpy() - expected) / np.linalg.norm(expected))
+        assert error <= GRAD_REL_L2, f"{name}: relative L2 difference {error:.2e} from the original's gradient"
 
 
 def test_v3_without_descriptor_loss_matches_the_original(reference_dir, loss_fixture):

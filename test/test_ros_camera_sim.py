@@ -26,7 +26,7 @@ def ros():
 
 def run_sim(ros: RosTestNode, tmp_path, params: list[str], wait_images: int):
     namespace = unique_namespace("sim")
-    images = ros.subscribe(Image, f"{namespace}/image", QoSProfile(depth=50))
+    images = ros.subscribe(Image, f"{namespace}/image_raw", QoSProfile(depth=50))
     infos = ros.subscribe(CameraInfo, f"{namespace}/camera_info", QoSProfile(depth=50))
     truths = ros.subscribe(
         GroundTruthHomography, f"{namespace}/ground_truth",

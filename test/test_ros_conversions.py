@@ -16,6 +16,7 @@ require_ros()
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
+from kp2d_ros import conversions  # noqa: E402
 from kp2d_ros.camera_model import CameraInfoError, check_camera_info, normalized_coordinates  # noqa: E402
 from kp2d_ros.camera_sim import PhotoCamera, camera_info_message, default_photo, encode, image_message  # noqa: E402
 from kp2d_ros.conversions import ImageInputError, compressed_to_array, image_to_array  # noqa: E402
@@ -72,6 +73,43 @@ def test_big_endian_mono16_is_read_in_its_byte_order():
     msg.data = to_array("B", values.astype(">u2").view(np.uint8))
     expected = np.round(values.astype(float) * 255 / values.max())
     np.testing.assert_allclose(image_to_array(msg).pixels, expected, atol=1)
+
+
+class _NumPy2CvBridge:
+    """cv_bridge's imgmsg_to_cv2 as it behaves with NumPy 2: big-endian frames fail inside it
+    (``ndarray.newbyteorder`` is gone); other frames convert. Counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def imgmsg_to_cv2(self, msg, desired_encoding="passthrough"):
+        self.calls += 1
+        if msg.is_bigendian:
+            raise AttributeError("'numpy.ndarray' object has no attribute 'newbyteorder'")
+        dtype = np.uint16 if "16" in msg.encoding else np.uint8
+        pixels = np.frombuffer(bytes(msg.data), dtype).reshape(msg.height, msg.width, -1)
+        return pixels if "bgr" in msg.encoding else pixels[:, :, 0]
+
+
+@pytest.mark.parametrize("encoding", ["mono16", "16UC1", "bgr8", "mono8"])
+def test_big_endian_frames_do_not_go_through_cv_bridge(monkeypatch, encoding):
+    bridge = _NumPy2CvBridge()
+    monkeypatch.setattr(conversions, "_BRIDGE", bridge)
+    channels = 3 if encoding == "bgr8" else 1
+    sample = np.dtype(">u2") if "16" in encoding else np.dtype(np.uint8)
+    values = (np.arange(6 * 5 * channels) * (1000 if sample.itemsize == 2 else 7) % 65536).astype(sample)
+    msg = Image(height=6, width=5, encoding=encoding, step=5 * channels * sample.itemsize, is_bigendian=True)
+    msg.data = to_array("B", values.view(np.uint8))
+    pixels = image_to_array(msg).pixels
+    expected = values.astype(np.uint16 if sample.itemsize == 2 else np.uint8).reshape(pixels.shape)
+    if sample.itemsize == 2:  # stretched to 8 bits per frame
+        expected = np.round((expected.astype(float) - expected.min()) * 255 / (expected.max() - expected.min()))
+    np.testing.assert_allclose(pixels, expected, atol=1)
+    assert bridge.calls == 0
+    msg.is_bigendian = False  # a little-endian frame does use the bridge
+    msg.data = to_array("B", values.astype(values.dtype.newbyteorder("<")).view(np.uint8))
+    np.testing.assert_allclose(image_to_array(msg).pixels, expected, atol=1)
+    assert bridge.calls == 1
 
 
 @pytest.mark.parametrize(
@@ -190,17 +228,35 @@ K = [500.0, 0, 320, 0, 510, 240, 0, 0, 1]
 POINTS = np.array([[0, 0], [320, 240], [639, 479], [100, 400]], np.float32)
 
 
+# Pixels over the whole 640 x 480 image, corners included (the strongest distortion).
+GRID = np.stack(np.meshgrid(np.linspace(0, 639, 9), np.linspace(0, 479, 7)), -1).reshape(-1, 2).astype(np.float32)
+
+
 @pytest.mark.parametrize(
     ("model", "d"),
-    [("plumb_bob", [-0.3, 0.1, 0.001, 0.002, 0.0]), ("rational_polynomial", [-0.3, 0.1, 0, 0, 0, 0.01, 0.02, 0.0])],
+    [
+        ("plumb_bob", [-0.3, 0.1, 0.001, 0.002, 0.0]),
+        ("rational_polynomial", [-0.3, 0.1, 0, 0, 0, 0.01, 0.02, 0.0]),
+        ("equidistant", [0.1, -0.05, 0.01, -0.002]),
+    ],
 )
 def test_normalized_coordinates_undo_the_distortion(model, d):
+    """Undistort with the installed OpenCV (4.5, 4.6 or 5: camera_model picks the call), distort again with
+    OpenCV's forward model: the pixels come back to 0.05 px. The undistortion converges to ~1e-10 (criteria);
+    what is left is the float32 output (relative 6e-8 of |x| <= 1.1, times f = 510 px: < 1e-4 px)."""
     k, coefficients, distortion = check_camera_info(_info(K, d, model), (640, 480))
-    normalized = normalized_coordinates(POINTS, k, coefficients, distortion)
-    # Distorting the normalised points again with OpenCV's forward model gives back the pixels.
+    normalized = normalized_coordinates(GRID, k, coefficients, distortion)
+    assert normalized.dtype == np.float32 and normalized.shape == GRID.shape
     rays = np.concatenate([normalized, np.ones((len(normalized), 1), np.float32)], 1).astype(np.float64)
-    pixels, _ = cv2.projectPoints(rays, np.zeros(3), np.zeros(3), np.reshape(K, (3, 3)), np.array(d))
-    np.testing.assert_allclose(pixels.reshape(-1, 2), POINTS, atol=1e-3)
+    camera = np.reshape(K, (3, 3))
+    if model == "equidistant":
+        pixels, _ = cv2.fisheye.projectPoints(rays[:, None], np.zeros(3), np.zeros(3), camera, np.array(d))
+    else:
+        pixels, _ = cv2.projectPoints(rays, np.zeros(3), np.zeros(3), camera, np.array(d))
+    np.testing.assert_allclose(pixels.reshape(-1, 2), GRID, rtol=0, atol=0.05)
+    # The distortion is not negligible: without undoing it the corners would be tens of pixels off.
+    pinhole = (GRID - [320, 240]) / [500, 510]
+    assert np.abs(normalized - pinhole).max() * 500 > 10
 
 
 def test_no_distortion_is_the_pinhole_model():

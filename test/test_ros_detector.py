@@ -199,8 +199,9 @@ def test_matches_refer_to_the_previous_processed_frame_and_agree_with_the_ground
     start = len(detector.matches.snapshot())
     sim = NodeProcess(
         "camera_sim",
-        ["-r", f"__ns:={detector.namespace}", "-p", f"width:={WIDTH}", "-p", f"height:={HEIGHT}",
-         "-p", "rate:=2.0", "-p", "num_frames:=10", "-p", "speed:=5.0", "-p", "wait_for_subscribers:=1"],
+        ["-r", f"__ns:={detector.namespace}", "-r", "image_raw:=image",
+         "-p", f"width:={WIDTH}", "-p", f"height:={HEIGHT}", "-p", "rate:=2.0",
+         "-p", "num_frames:=10", "-p", "speed:=5.0", "-p", "wait_for_subscribers:=1"],
         tmp_path,
     )  # fmt: skip
     try:
@@ -486,3 +487,15 @@ def test_runtime_parameter_change_is_applied_and_an_invalid_one_rejected(detecto
     finally:
         [result] = ros.set_parameters(name, {"top_k": TOP_K})
         assert result.successful
+
+
+def test_parameter_change_log_names_the_parameters_as_ros2_param_set_takes_them(detector):
+    ros, name = detector.ros, detector.name
+    try:
+        [result] = ros.set_parameters(name, {"matching.geometry": "fundamental"})
+        assert result.successful, result.reason
+        log = detector.process.wait_for_log("parameters changed: matching.geometry='fundamental'", 20)
+        assert "{'geometry'" not in log  # not the internal field name
+    finally:
+        [result] = ros.set_parameters(name, {"matching.geometry": "homography"})
+        assert result.successful, result.reason

@@ -24,6 +24,12 @@ def test_executable_is_installed_for_ros2_run_with_the_venv_python(name):
     ), shebang
 
 
+def test_ros2_run_sees_each_tool_once():
+    """lib/kp2d_ros holds the ROS executables only (the kp2d-* commands are pip's, in the environment's bin/)."""
+    names = sorted(path.name for path in INSTALL_BIN.iterdir())
+    assert names == ["camera_sim", "demo", "detector", "evaluate", "train"], names
+
+
 @pytest.mark.parametrize(("name", "usage"), [("train", "usage:"), ("evaluate", "usage:")])
 def test_train_and_evaluate_forward_to_the_model_library(name, usage):
     result = subprocess.run(

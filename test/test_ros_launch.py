@@ -56,6 +56,29 @@ def test_demo_launch_declares_its_arguments():
     assert {"model", "device", "source", "rate", "num_frames"} <= declared(load_description("demo.launch.py"))
 
 
+def test_demo_forwards_every_detector_argument_it_sets_and_launch_files_do_not_colour_logs():
+    """`--show-args` of demo.launch.py lists the included detector's arguments: each one the demo sets must be
+    declared by the demo and forwarded (a value given on the command line takes effect), not silently fixed."""
+    from launch.actions import IncludeLaunchDescription
+    from launch_ros.actions import Node
+
+    from launch import LaunchContext
+
+    demo = load_description("demo.launch.py")
+    include = next(entity for entity in demo.entities if isinstance(entity, IncludeLaunchDescription))
+    forwarded = dict(include.launch_arguments)
+    assert {"namespace", "image", "camera_info", "use_camera_info", "geometry", "image_qos"} <= set(forwarded)
+    assert set(forwarded) <= declared(demo)
+    context = LaunchContext()  # what `ros2 launch kp2d_ros demo.launch.py name:=value` gives the include
+    context.launch_configurations.update({name: f"given {name}" for name in forwarded})
+    for name, value in forwarded.items():
+        assert value.perform(context) == f"given {name}", f"{name} is not forwarded from the command line"
+    for description in (demo, load_description("detector.launch.py")):
+        for node in (entity for entity in description.entities if isinstance(entity, Node)):
+            emulate_tty = [value for key, value in vars(node).items() if key.endswith("__emulate_tty")]
+            assert emulate_tty == [False], f"{node}: emulate_tty {emulate_tty} (colour codes in log files)"
+
+
 @pytest.mark.skipif(shutil.which("ros2") is None, reason="the ros2 command (ros2cli) is not installed")
 def test_detector_launch_runs_the_node_on_the_remapped_image_topic(reference_dir, tmp_path):
     from sensor_msgs.msg import Image
