@@ -55,11 +55,10 @@ def publish(args: argparse.Namespace) -> int:
     """Publish ``--frames`` frames at ``--rate`` Hz on <namespace>/image (+ camera_info); skip images in --skip."""
     import numpy as np
     import rclpy
+    from sensor_msgs.msg import CameraInfo, Image
     from std_msgs.msg import Header
 
     from kp2d_ros.camera_sim import camera_info_message, encode, image_message
-
-    from sensor_msgs.msg import CameraInfo, Image
 
     width, height = (int(v) for v in args.size.split("x"))
     skip = {int(i) for i in args.skip.split(",") if i}
@@ -112,7 +111,6 @@ def receive(args: argparse.Namespace) -> int:
     """Count the images (and camera_infos) that arrive on <namespace>/image until SIGINT; JSON on stdout."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
-
     from sensor_msgs.msg import CameraInfo, Image
 
     stop = threading.Event()
@@ -148,15 +146,14 @@ def receive(args: argparse.Namespace) -> int:
 
 def environments(configuration: str, profile: str | None = None) -> tuple[dict[str, str], dict[str, str]]:
     """(publisher environment, receiver environment) for one configuration."""
-    from kp2d_ros.transport import subscriber_environment
+    from kp2d_ros.transport import SYSTEM_VARIABLES, subscriber_environment
 
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("FASTDDS_BUILTIN_TRANSPORTS", "FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")}  # fmt: skip
+    base = {k: v for k, v in os.environ.items() if k not in SYSTEM_VARIABLES}
     large = {**base, "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}
     if configuration == "default":
         return base, base
     if configuration == "subscriber":
-        return base, {**base, **subscriber_environment(profile)}
+        return base, {**base, **subscriber_environment(profile, base)}
     if configuration == "large_data":
         return large, large
     if configuration == "large_data_subscriber_only":
@@ -209,8 +206,10 @@ def run_node_cell(args, namespace, publisher_env, receiver_env, size, encoding) 
     rclpy.init(context=context)
     client = rclpy.create_node(f"bench_client_{uuid.uuid4().hex[:6]}", context=context)
     answers: set[int] = set()
-    client.create_subscription(Keypoints, f"{namespace}/kp2d_detector/keypoints",
-                               lambda m: answers.add(m.header.stamp.sec * 10**9 + m.header.stamp.nanosec), 50)  # fmt: skip
+    def on_keypoints(msg: Keypoints) -> None:
+        answers.add(msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec)
+
+    client.create_subscription(Keypoints, f"{namespace}/kp2d_detector/keypoints", on_keypoints, 50)
     from rclpy.executors import SingleThreadedExecutor
 
     executor = SingleThreadedExecutor(context=context)
@@ -248,8 +247,9 @@ def orchestrate(args: argparse.Namespace) -> int:
             for configuration in args.configurations:
                 cell = run_cell(args, configuration, size, encoding)
                 results.setdefault(fmt, {}).setdefault(configuration, []).append(cell)
-                print(f"[{repeat + 1}/{args.repeats}] {fmt:>15} {configuration:>27}: {cell}  load {os.getloadavg()[0]:.2f}",
-                      flush=True)  # fmt: skip
+                load = os.getloadavg()[0]
+                print(f"[{repeat + 1}/{args.repeats}] {fmt:>15} {configuration:>26}: {cell} load {load:.2f}",
+                      flush=True)
     key = "answered" if args.receiver == "node" else "images"
     summary = {
         fmt: {conf: {"median_received": statistics.median(c[key] for c in cells),

@@ -5,7 +5,9 @@ Two checks, both on header stamps (nanoseconds) and receipt times (``time.monoto
 - camera_info: a camera publishes one CameraInfo per image with the image's stamp, and the small CameraInfo
   arrives even when a large best-effort image is lost. A CameraInfo stamp with no image of that stamp after
   ``grace_s`` counts as a lost frame. Used once some CameraInfo stamp has matched an image stamp (a camera
-  whose CameraInfo stamps never match its images says nothing about loss).
+  whose CameraInfo stamps never match its images says nothing about loss), or while CameraInfo arrives and
+  no image at all has for ``keep_s`` (every frame lost, or the image topic is wrong). CameraInfos stamped
+  before the first image are not counted (start-up: the image subscription may match a moment later).
 - stamp spacing (no usable camera_info): a camera's stamps are evenly spaced; a gap of k periods between
   consecutive received stamps means k - 1 frames lost. The period is estimated from the shortest gaps; the
   check reports nothing for irregular stamps (fewer than 90 % of gaps on the grid) and treats gaps of more
@@ -48,6 +50,8 @@ class FrameLossMonitor:
         self._image_stamps: set[int] = set()
         self._infos: deque[tuple[int, float]] = deque()  # CameraInfo (stamp ns, receipt s) not yet checked
         self.stamps_correspond = False  # some CameraInfo stamp matched an image stamp
+        self._first_image_stamp: int | None = None  # CameraInfos before it: start-up (endpoints still matching)
+        self._first_info_time: float | None = None
         self._new_stamps: list[int] = []  # image stamps since the last spacing check
         self._last_stamp: int | None = None  # the newest stamp of the previous spacing check
         self._gaps: deque[int] = deque(maxlen=history)  # recent gaps between consecutive stamps (ns)
@@ -56,12 +60,18 @@ class FrameLossMonitor:
         """An image with header stamp ``stamp_ns`` arrived at ``now``."""
         if stamp_ns in self._image_stamps:
             return  # the same frame again (e.g. raw and compressed topics)
+        if self._images and stamp_ns < self._images[-1][0]:
+            self._first_image_stamp = None  # stamps went backwards (bag loop): start-up again
         self._images.append((stamp_ns, now))
+        if self._first_image_stamp is None:
+            self._first_image_stamp = stamp_ns
         self._image_stamps.add(stamp_ns)
         self._new_stamps.append(stamp_ns)
 
     def camera_info(self, stamp_ns: int, now: float) -> None:
         """A CameraInfo with header stamp ``stamp_ns`` arrived at ``now``."""
+        if self._first_info_time is None:
+            self._first_info_time = now
         if not self._infos or self._infos[-1][0] != stamp_ns:
             self._infos.append((stamp_ns, now))
 
@@ -71,7 +81,7 @@ class FrameLossMonitor:
         spacing = self._check_spacing()
         while self._images and self._images[0][1] < now - self.keep_s:
             self._image_stamps.discard(self._images.popleft()[0])
-        if self.stamps_correspond:
+        if self.stamps_correspond or info.method:
             return info
         return spacing
 
@@ -79,11 +89,15 @@ class FrameLossMonitor:
         expected = lost = 0
         while self._infos and self._infos[0][1] <= now - self.grace_s:
             stamp_ns, _ = self._infos.popleft()
+            if self._first_image_stamp is not None and stamp_ns < self._first_image_stamp:
+                continue
             expected += 1
             if stamp_ns in self._image_stamps:
                 self.stamps_correspond = True
             else:
                 lost += 1
+        if expected and not self._images and now - self._first_info_time >= self.keep_s:
+            return LossReport("camera_info", expected, expected)  # camera_info arrives, no image at all
         if not expected or not self.stamps_correspond:
             return LossReport("", 0, 0)
         return LossReport("camera_info", expected, lost)

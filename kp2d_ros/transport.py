@@ -10,9 +10,10 @@ receive buffer, so a stock publisher sends to it over UDP and the kernel buffers
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["PROFILE_NAME", "profile_path", "receive_buffer_cap", "subscriber_environment"]
+__all__ = ["PROFILE_NAME", "SYSTEM_VARIABLES", "profile_path", "receive_buffer_cap", "subscriber_environment"]
 
 PROFILE_NAME = "fastdds_subscriber.xml"
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config"
@@ -34,12 +35,23 @@ def profile_path() -> Path:
     return REPO_CONFIG / PROFILE_NAME
 
 
-def subscriber_environment(profile: Path | str | None = None) -> dict[str, str]:
-    """Environment variables for the detector's process (merge into its environment).
+# Set by a user who configures Fast DDS for the whole system: the shipped profile then stays out of the way.
+SYSTEM_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_BUILTIN_TRANSPORTS")
+
+
+def subscriber_environment(
+    profile: Path | str | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Environment variables to add to the detector's process environment (``environ``: default os.environ).
 
     Points both Fast DDS profile variables (3.x and 2.x names) at the profile; Fast DDS reads them when the
-    process creates its participant. Other RMW implementations ignore them.
+    process creates its participant, other RMW implementations ignore them. Empty when ``environ`` already
+    sets a profile file or ``FASTDDS_BUILTIN_TRANSPORTS`` (a system-wide configuration: e.g. ``LARGE_DATA``
+    publishers have no UDP unicast, so a UDP-only subscriber would not hear them).
     """
+    environ = os.environ if environ is None else environ
+    if any(environ.get(name) for name in SYSTEM_VARIABLES):
+        return {}
     path = str(Path(profile) if profile is not None else profile_path())
     return {"FASTDDS_DEFAULT_PROFILES_FILE": path, "FASTRTPS_DEFAULT_PROFILES_FILE": path}
 
@@ -51,6 +63,3 @@ def receive_buffer_cap() -> int | None:
     except (OSError, ValueError, IndexError):
         return None
 
-
-if __name__ == "__main__":  # pragma: no cover - manual check
-    print(subscriber_environment(), receive_buffer_cap(), os.environ.get("RMW_IMPLEMENTATION"))
