@@ -10,7 +10,7 @@ and a receiver run as two processes on this machine, each with its own middlewar
 - ``large_data_subscriber_only``: ``LARGE_DATA`` in the receiver's process only.
 
 The receiver is a plain subscription (what reaches the process: transport loss alone) or, with
-``--receiver node``, the detector node (frames it answers with Keypoints; ``--input-width`` keeps its inference
+``--receiver node``, the detector node (frames it answers with Keypoints; ``--input-scale`` keeps its inference
 short so that it keeps up). ``--load`` adds CPU-bound threads in the receiver (the node's torch threads during
 inference). Each cell is repeated ``--repeats`` times, configurations in round robin; JSON out
 (default ``benchmarks/results/transport.json``).
@@ -198,7 +198,7 @@ def run_node_cell(args, namespace, publisher_env, receiver_env, size, encoding) 
     model = args.checkpoint
     node = subprocess.Popen(
         [str(DETECTOR), "--ros-args", "-r", f"__ns:={namespace}", "-p", f"model:={model}", "-p", "device:=cpu",
-         "-p", f"input_width:={args.input_width}", "-p", f"input_height:={args.input_width * 3 // 4}",
+         "-p", f"input_scale:={args.input_scale}", "-p", "top_k:=100", "-p", "publish_descriptors:=false",
          "-p", "use_camera_info:=true", "-p", "camera_info_sync:=latest"],
         env=receiver_env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
@@ -304,7 +304,7 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--load", type=int, default=0, help="CPU-bound threads in the receiver")
-    parser.add_argument("--input-width", type=int, default=160, help="node receiver: network input width")
+    parser.add_argument("--input-scale", type=float, default=0.25, help="node receiver: network input scale")
     parser.add_argument("--subscriber-profile", help="another Fast DDS XML profile for the 'subscriber' runs")
     parser.add_argument("--checkpoint", default=str(FIXTURE))
     parser.add_argument("--output", default=str(REPO_ROOT / "benchmarks" / "results" / "transport.json"))

@@ -36,6 +36,7 @@ def profile_path() -> Path:
 
 
 # Set by a user who configures Fast DDS for the whole system: the shipped profile then stays out of the way.
+FAST_DDS_2_DISTROS = ("humble", "iron", "jazzy")
 SYSTEM_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_BUILTIN_TRANSPORTS")
 
 
@@ -44,16 +45,19 @@ def subscriber_environment(
 ) -> dict[str, str]:
     """Environment variables to add to the detector's process environment (``environ``: default os.environ).
 
-    Points both Fast DDS profile variables (3.x and 2.x names) at the profile; Fast DDS reads them when the
-    process creates its participant, other RMW implementations ignore them. Empty when ``environ`` already
-    sets a profile file or ``FASTDDS_BUILTIN_TRANSPORTS`` (a system-wide configuration: e.g. ``LARGE_DATA``
-    publishers have no UDP unicast, so a UDP-only subscriber would not hear them).
+    Points Fast DDS' profile variable at the profile: ``FASTDDS_DEFAULT_PROFILES_FILE`` (Fast DDS 3: Kilted and
+    later), ``FASTRTPS_DEFAULT_PROFILES_FILE`` where ``ROS_DISTRO`` is humble / iron / jazzy (Fast DDS 2). Only
+    one: Fast DDS 3 reads both and fails on a profile loaded twice. Fast DDS reads it when the process creates
+    its participant; other RMW implementations ignore it. Empty when ``environ`` already sets a profile file or
+    ``FASTDDS_BUILTIN_TRANSPORTS`` (a system-wide configuration: e.g. ``LARGE_DATA`` publishers have no UDP
+    unicast, so a UDP-only subscriber would not hear them).
     """
     environ = os.environ if environ is None else environ
     if any(environ.get(name) for name in SYSTEM_VARIABLES):
         return {}
     path = str(Path(profile) if profile is not None else profile_path())
-    return {"FASTDDS_DEFAULT_PROFILES_FILE": path, "FASTRTPS_DEFAULT_PROFILES_FILE": path}
+    fast_dds_2 = environ.get("ROS_DISTRO", "") in FAST_DDS_2_DISTROS
+    return {"FASTRTPS_DEFAULT_PROFILES_FILE" if fast_dds_2 else "FASTDDS_DEFAULT_PROFILES_FILE": path}
 
 
 def receive_buffer_cap() -> int | None:

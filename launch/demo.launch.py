@@ -23,6 +23,7 @@ ARGUMENTS = {
     "num_frames": ("0", "stop the camera after this many frames (0: never)"),
     "width": ("640", "camera_sim frame width"),
     "height": ("480", "camera_sim frame height"),
+    "fastdds_profile": ("true", "the detector's process gets the package's Fast DDS profile for large images"),
 }
 
 
@@ -60,6 +61,7 @@ def generate_launch_description() -> LaunchDescription:
             "use_camera_info": "true",
             "geometry": "homography",  # the photo is planar
             "image_qos": "reliable",
+            "fastdds_profile": LaunchConfiguration("fastdds_profile"),
         }.items(),
     )
     return LaunchDescription([*arguments, camera, detector])
