@@ -8,6 +8,8 @@ and a receiver run as two processes on this machine, each with its own middlewar
   (:func:`kp2d_ros.transport.subscriber_environment`, ``config/fastdds_subscriber.xml``); the publisher is stock.
 - ``large_data``: ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA`` in both processes (system-wide change).
 - ``large_data_subscriber_only``: ``LARGE_DATA`` in the receiver's process only.
+- (on request) ``large_data_publisher_only``; ``large_data_publisher_shipped_subscriber``: a ``LARGE_DATA``
+  camera and the shipped profile in the receiver.
 
 The receiver is a plain subscription (what reaches the process: transport loss alone) or, with
 ``--receiver node``, the detector node (frames it answers with Keypoints; ``--input-scale`` keeps its inference
@@ -39,6 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DETECTOR = REPO_ROOT / "install" / "kp2d_ros" / "lib" / "kp2d_ros" / "detector"
 FIXTURE = REPO_ROOT.parent / "shared" / "fixtures" / "kp2d_reference" / "v4_reference.ckpt"
 CONFIGURATIONS = ("default", "subscriber", "large_data", "large_data_subscriber_only")
+EXTRA_CONFIGURATIONS = ("large_data_publisher_only", "large_data_publisher_shipped_subscriber")
 FORMATS = ("640x480:bgr8", "640x480:mono8", "1280x720:bgr8", "1280x720:mono8")
 
 
@@ -158,6 +161,10 @@ def environments(configuration: str, profile: str | None = None) -> tuple[dict[s
         return large, large
     if configuration == "large_data_subscriber_only":
         return base, large
+    if configuration == "large_data_publisher_only":
+        return large, base
+    if configuration == "large_data_publisher_shipped_subscriber":
+        return large, {**base, **subscriber_environment(profile, base)}
     raise ValueError(f"unknown configuration {configuration!r}")
 
 
@@ -206,6 +213,7 @@ def run_node_cell(args, namespace, publisher_env, receiver_env, size, encoding) 
     rclpy.init(context=context)
     client = rclpy.create_node(f"bench_client_{uuid.uuid4().hex[:6]}", context=context)
     answers: set[int] = set()
+
     def on_keypoints(msg: Keypoints) -> None:
         answers.add(msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec)
 
@@ -248,8 +256,9 @@ def orchestrate(args: argparse.Namespace) -> int:
                 cell = run_cell(args, configuration, size, encoding)
                 results.setdefault(fmt, {}).setdefault(configuration, []).append(cell)
                 load = os.getloadavg()[0]
-                print(f"[{repeat + 1}/{args.repeats}] {fmt:>15} {configuration:>26}: {cell} load {load:.2f}",
-                      flush=True)
+                print(
+                    f"[{repeat + 1}/{args.repeats}] {fmt:>15} {configuration:>26}: {cell} load {load:.2f}", flush=True
+                )
     key = "answered" if args.receiver == "node" else "images"
     summary = {
         fmt: {conf: {"median_received": statistics.median(c[key] for c in cells),
@@ -264,6 +273,7 @@ def orchestrate(args: argparse.Namespace) -> int:
         "frames_per_run": args.frames,
         "repeats": args.repeats,
         "receiver_cpu_load_threads": args.load,
+        "subscriber_profile": args.subscriber_profile or "shipped (config/fastdds_subscriber.xml)",
         "ros_automatic_discovery_range": os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "(unset: SUBNET)"),
         "net.core.rmem_max": receive_buffer_cap(),
         "load_average_before": uptime_before,
@@ -298,7 +308,9 @@ def main() -> int:
     rec.add_argument("--namespace", required=True)
     rec.add_argument("--load", type=int, default=0)
     parser.add_argument("--receiver", choices=("plain", "node"), default="plain")
-    parser.add_argument("--configurations", nargs="+", default=list(CONFIGURATIONS), choices=CONFIGURATIONS)
+    parser.add_argument(
+        "--configurations", nargs="+", default=list(CONFIGURATIONS), choices=CONFIGURATIONS + EXTRA_CONFIGURATIONS
+    )
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), help="WIDTHxHEIGHT:encoding")
     parser.add_argument("--rate", type=float, default=30.0)
     parser.add_argument("--frames", type=int, default=60)

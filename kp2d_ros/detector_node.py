@@ -41,6 +41,7 @@ from kp2d_ros.debug_image import draw_debug_image
 from kp2d_ros.frame_loss import FrameLossMonitor
 from kp2d_ros.messages import keypoints_message, matches_message, to_array
 from kp2d_ros.tracks import TrackHistory, TrackIds, carry_tracks
+from kp2d_ros.transport import receive_buffer_warning
 from kp2d_ros_msgs.msg import Keypoints, Matches
 
 try:
@@ -287,6 +288,10 @@ class DetectorNode(Node):
         self._setup_diagnostics()
         self._setup_subscriptions()
         self.create_timer(FRAME_LOSS_CHECK_PERIOD_S, self._check_frame_loss)
+
+        buffer_warning = receive_buffer_warning()
+        if buffer_warning:
+            self.get_logger().warning(buffer_warning)
 
         self._running = True
         self._worker = threading.Thread(target=self._work, name="kp2d_detector_worker", daemon=True)

@@ -13,9 +13,22 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["PROFILE_NAME", "SYSTEM_VARIABLES", "profile_path", "receive_buffer_cap", "subscriber_environment"]
+__all__ = [
+    "PROFILE_NAME",
+    "MIN_RECEIVE_BUFFER_BYTES",
+    "RECEIVE_BUFFER_BYTES",
+    "SYSTEM_VARIABLES",
+    "profile_in_use",
+    "profile_path",
+    "receive_buffer_cap",
+    "receive_buffer_warning",
+    "subscriber_environment",
+]
 
 PROFILE_NAME = "fastdds_subscriber.xml"
+RECEIVE_BUFFER_BYTES = 16777216  # the profile's receiveBufferSize (keep in step with config/fastdds_subscriber.xml)
+# Below this kernel cap (net.core.rmem_max) the node warns: 4 MB holds ~4 frames of 640 x 480 bgr8.
+MIN_RECEIVE_BUFFER_BYTES = 4194304
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config"
 
 
@@ -67,3 +80,29 @@ def receive_buffer_cap() -> int | None:
     except (OSError, ValueError, IndexError):
         return None
 
+
+def profile_in_use(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process was started with the shipped profile (either Fast DDS profile variable names it)."""
+    environ = os.environ if environ is None else environ
+    names = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+    return any(Path(environ.get(name) or "/").name == PROFILE_NAME for name in names)
+
+
+def receive_buffer_warning(cap: int | None = None, environ: Mapping[str, str] | None = None) -> str | None:
+    """A warning when the shipped profile is in use but the kernel caps socket receive buffers below 4 MB.
+
+    Linux silently clamps a socket's receive buffer to ``net.core.rmem_max`` (``cap``: default read from /proc);
+    the profile then still works, with room for fewer frames (a 640 x 480 bgr8 frame is 0.9 MB). None when
+    there is nothing to say.
+    """
+    if not profile_in_use(environ):
+        return None
+    cap = receive_buffer_cap() if cap is None else cap
+    if cap is None or cap >= MIN_RECEIVE_BUFFER_BYTES:
+        return None
+    return (
+        f"net.core.rmem_max is {cap} bytes: the kernel caps the UDP receive buffer of the Fast DDS profile there "
+        f"(it asks for {RECEIVE_BUFFER_BYTES}), room for {cap / 921600:.1f} frames of 640x480 bgr8, so large "
+        f"frames may be lost while the node is busy; raise it, e.g. 'sudo sysctl -w net.core.rmem_max="
+        f"{RECEIVE_BUFFER_BYTES}' (docs/ros.md, 'Large images over Fast DDS')"
+    )
