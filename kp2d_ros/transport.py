@@ -41,7 +41,7 @@ def profile_path() -> Path:
             installed = Path(get_package_share_directory("kp2d_ros")) / "config" / PROFILE_NAME
             if installed.is_file():
                 return installed
-        except PackageNotFoundError:
+        except (PackageNotFoundError, OSError):  # OSError: no AMENT_PREFIX_PATH (not a ROS environment)
             pass
     except ImportError:
         pass
