@@ -9,6 +9,8 @@ that replaces an unprocessed one is counted as dropped); a worker thread convert
 when present), matches against the previous processed frame on the same device, carries track ids and
 publishes. The executor thread stays free for parameter services while the worker runs inference.
 Bad input (any frame) gives a throttled, specific warning and the node goes on with the next frame.
+Frames the camera sent that never arrive (camera_info stamps without their image, gaps in image stamps) give a
+throttled "frames lost in transport" warning and a diagnostics count (``kp2d_ros.frame_loss``).
 Parameters: see ``docs/ros.md`` and ``config/detector.yaml``.
 """
 
