@@ -9,3 +9,4 @@ $python benchmarks/bench_inference.py
 $python benchmarks/bench_evaluation.py --json benchmarks/results/evaluation.json
 $python benchmarks/bench_training.py
 $python benchmarks/bench_node.py
+$python benchmarks/bench_transport.py

@@ -9,6 +9,8 @@ that replaces an unprocessed one is counted as dropped); a worker thread convert
 when present), matches against the previous processed frame on the same device, carries track ids and
 publishes. The executor thread stays free for parameter services while the worker runs inference.
 Bad input (any frame) gives a throttled, specific warning and the node goes on with the next frame.
+Frames the camera sent that never arrive (camera_info stamps without their image, gaps in image stamps) give a
+throttled "frames lost in transport" warning and a diagnostics count (``kp2d_ros.frame_loss``).
 Parameters: see ``docs/ros.md`` and ``config/detector.yaml``.
 """
 
@@ -38,8 +40,10 @@ from kp2d_model.checkpoint import default_checkpoint_path
 from kp2d_ros.camera_model import CameraInfoError, check_camera_info, normalized_coordinates
 from kp2d_ros.conversions import BACKEND, ConvertedImage, ImageInputError, compressed_to_array, image_to_array
 from kp2d_ros.debug_image import draw_debug_image
+from kp2d_ros.frame_loss import FrameLossMonitor
 from kp2d_ros.messages import keypoints_message, matches_message, to_array
 from kp2d_ros.tracks import TrackHistory, TrackIds, carry_tracks
+from kp2d_ros.transport import receive_buffer_warning
 from kp2d_ros_msgs.msg import Keypoints, Matches
 
 try:
@@ -57,6 +61,8 @@ GEOMETRY_MODELS = ("none", "homography", "fundamental")
 IMAGE_QOS = ("sensor_data", "reliable")
 CAMERA_INFO_SYNC = ("exact", "approximate", "latest")
 WARN_PERIOD_S = 5.0
+FRAME_LOSS_CHECK_PERIOD_S = 1.0
+FRAME_LOSS_DOCS = "docs/ros.md, 'Large images over Fast DDS'"
 
 
 def _stamp_ns(stamp: Time) -> int:
@@ -271,6 +277,10 @@ class DetectorNode(Node):
         self._history = TrackHistory(self._settings.debug_tail_length)
         self._latest_camera_info: CameraInfo | None = None
         self._debug_images_published = 0
+        self._frame_loss = FrameLossMonitor()
+        self._frame_loss_lock = threading.Lock()
+        self._transport_lost = 0  # frames lost before the node since the last diagnostics report
+        self._frame_loss_method = ""
 
         self.add_on_set_parameters_callback(self._on_set_parameters)
         output_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
@@ -279,6 +289,11 @@ class DetectorNode(Node):
         self._debug_pub = self.create_publisher(Image, "~/debug_image", QoSProfile(depth=1))
         self._setup_diagnostics()
         self._setup_subscriptions()
+        self.create_timer(FRAME_LOSS_CHECK_PERIOD_S, self._check_frame_loss)
+
+        buffer_warning = receive_buffer_warning()
+        if buffer_warning:
+            self.get_logger().warning(buffer_warning)
 
         self._running = True
         self._worker = threading.Thread(target=self._work, name="kp2d_detector_worker", daemon=True)
@@ -364,6 +379,8 @@ class DetectorNode(Node):
             # message_filters' Python Subscriber defaults to a RELIABLE profile: pass the QoS explicitly.
             image_sub = message_filters.Subscriber(self, Image, "image", qos_profile=image_qos)
             info_sub = message_filters.Subscriber(self, CameraInfo, "camera_info", qos_profile=info_qos)
+            image_sub.registerCallback(self._note_image)  # every image, synchronised or not (frame loss check)
+            info_sub.registerCallback(self._note_camera_info)
             if sync == "exact":
                 self._sync = message_filters.TimeSynchronizer([image_sub, info_sub], 10)
             else:
@@ -393,7 +410,16 @@ class DetectorNode(Node):
 
     # --- callbacks (executor thread: keep them short) --------------------------------------------------
 
+    def _note_image(self, msg: Image | CompressedImage) -> None:
+        with self._frame_loss_lock:
+            self._frame_loss.image(_stamp_ns(msg.header.stamp), time.monotonic())
+
+    def _note_camera_info(self, msg: CameraInfo) -> None:
+        with self._frame_loss_lock:
+            self._frame_loss.camera_info(_stamp_ns(msg.header.stamp), time.monotonic())
+
     def _on_image(self, msg: Image | CompressedImage) -> None:
+        self._note_image(msg)
         self._stats.count_received()
         camera_info = self._latest_camera_info if self._param("use_camera_info") else None
         self._slot.put(Frame(msg, camera_info, time.monotonic_ns()))
@@ -403,7 +429,23 @@ class DetectorNode(Node):
         self._slot.put(Frame(msg, camera_info, time.monotonic_ns()))
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._note_camera_info(msg)
         self._latest_camera_info = msg
+
+    def _check_frame_loss(self) -> None:
+        """Warn (throttled) when frames the camera sent did not reach the node (FrameLossMonitor)."""
+        with self._frame_loss_lock:
+            report = self._frame_loss.take(time.monotonic())
+        if report.method:
+            self._frame_loss_method = report.method
+        if report.lost == 0:
+            return
+        self._transport_lost += report.lost
+        self._warn(
+            "transport_loss",
+            f"frames lost in transport: {report.lost} of the last {report.expected} frames the camera sent never "
+            f"reached the node (found by {report.method}); for large best-effort images see {FRAME_LOSS_DOCS}",
+        )
 
     def _on_set_parameters(self, parameters: list[Any]) -> SetParametersResult:
         """Validate runtime changes (types, ranges and read-only are checked by rclpy) and apply them."""
@@ -581,10 +623,16 @@ class DetectorNode(Node):
             message = f"{snapshot['rejected']} rejected / {snapshot['failed']} failed frames"
         else:
             level, message = DiagnosticStatus.OK, "processing"
+        transport_lost, self._transport_lost = self._transport_lost, 0
+        if transport_lost and level == DiagnosticStatus.OK:
+            level, message = DiagnosticStatus.WARN, f"{transport_lost} frames lost in transport (see {FRAME_LOSS_DOCS})"
         stat.summary(level, message)
         stat.add("input rate (Hz)", f"{snapshot['received'] / period:.2f}")
         stat.add("output rate (Hz)", f"{snapshot['processed'] / period:.2f}")
         stat.add("dropped frames (newer frame arrived first)", dropped)
+        stat.add("frames lost in transport (sent by the camera, never received)",
+                 transport_lost if self._frame_loss_method else "n/a")  # fmt: skip
+        stat.add("frame loss check", self._frame_loss_method or "n/a (no camera_info stamps, irregular stamps)")
         stat.add("rejected frames (bad input)", snapshot["rejected"])
         stat.add("failed frames (model errors)", snapshot["failed"])
         stat.add("latency mean (ms, receipt to publish)", f"{np.mean(latency):.1f}" if latency else "n/a")

@@ -28,6 +28,7 @@ ARGUMENTS = {
     "num_frames": ("0", "stop the camera after this many frames (0: never)"),
     "width": ("640", "camera_sim frame width"),
     "height": ("480", "camera_sim frame height"),
+    "fastdds_profile": ("true", "the detector's process gets the package's Fast DDS profile for large images"),
 }
 # Arguments of detector.launch.py that the demo sets: declared here (demo defaults) and forwarded.
 DETECTOR_ARGUMENTS = {
@@ -67,7 +68,7 @@ def generate_launch_description() -> LaunchDescription:
             PathJoinSubstitution([FindPackageShare("kp2d_ros"), "launch", "detector.launch.py"])
         ),
         launch_arguments={
-            name: LaunchConfiguration(name) for name in ("model", "device", *DETECTOR_ARGUMENTS)
+            name: LaunchConfiguration(name) for name in ("model", "device", "fastdds_profile", *DETECTOR_ARGUMENTS)
         }.items(),
     )
     return LaunchDescription([*arguments, camera, detector])
