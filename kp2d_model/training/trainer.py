@@ -565,7 +565,16 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
-        self.scaler.step(self.optimizer)
+        try:
+            self.scaler.step(self.optimizer)
+        except RuntimeError as error:
+            if "overflow" not in str(error):
+                raise
+            raise TrainingError(
+                f"optimizer step {self.step + 1} overflowed float32 ({str(error).splitlines()[0]}; learning rate "
+                f"{self._learning_rates()}); nothing saved from it. Try a smaller optimizer.learning_rate; the last "
+                f"good checkpoint is {self._last_checkpoint_text()}"
+            ) from None
         self.scaler.update()
         self._check_parameters_finite()
         self.step += 1
