@@ -169,7 +169,7 @@ def compressed_image_size(data: bytes | bytearray | memoryview) -> tuple[int, in
             with PILImage.open(io.BytesIO(bytes(data)), formats=HEADER_FORMATS) as header:
                 width, height = header.size
     except PILImage.DecompressionBombError as error:
-        raise ImageInputError("too_large", f"compressed image header claims a huge size ({error})") from None
+        raise ImageInputError("too_large", f"compressed image refused from its header: {error}") from None
     except (OSError, ValueError, SyntaxError) as error:
         raise ImageInputError(
             "compressed", f"could not read the compressed image's size from its header ({error})"
