@@ -139,6 +139,8 @@ def model_config_from_released(config: dict[str, Any], path: Path) -> dict[str, 
         params = config["model"]["params"]
     except (KeyError, TypeError) as error:
         raise CheckpointError(f"{path}: released checkpoint has no config.model.params") from error
+    if not isinstance(params, dict):
+        raise CheckpointError(f"{path}: config.model.params must be a mapping, got {type(params).__name__}")
     net_type = params.get("keypoint_net_type", "KeypointNet") or "KeypointNet"
     if net_type not in NETWORK_TYPES:
         raise CheckpointError(
