@@ -34,11 +34,10 @@ from hostile_files import (
 from safetensors.torch import save_file
 
 from kp2d_model.checkpoint import PROJECT_FORMAT, CheckpointError, load_keypoint_net, read_checkpoint
-from kp2d_model.detector import KeypointDetector, network_input_size
+from kp2d_model.detector import KeypointDetector
 from kp2d_model.image import ImageFormatError
 from kp2d_model.matching import verify_geometry
 from kp2d_model.networks import KeypointNet
-from kp2d_model.torch_file import MAX_FILE_BYTES, MAX_STORAGE_BYTES
 
 MEMORY_BUDGET_MB = 400
 
@@ -148,6 +147,8 @@ def test_zip_bomb_checkpoint_is_refused_before_inflating(tmp_path):
 
 
 def test_declared_sizes_are_checked_before_allocating(tmp_path):
+    from kp2d_model.torch_file import MAX_FILE_BYTES, MAX_STORAGE_BYTES
+
     cases = [
         (1000, 40, "holds 40"),  # the pickle declares more elements than the entry holds
         (MAX_STORAGE_BYTES // 4 + 1, 40, "bound"),  # more than any tensor of the networks
@@ -287,6 +288,8 @@ def test_thin_image_is_refused_by_the_pixels_the_network_processes(width, max_pi
 
 
 def test_network_pixel_count_includes_scaling_and_padding(reference_dir):
+    from kp2d_model.detector import network_input_size
+
     assert network_input_size(1, 1_048_576, 8) == (8, 1_048_576)
     assert network_input_size(641, 480, 8, input_scale=2.5) == (1608, 1200)
     assert network_input_size(50, 50, 32, input_size=(320, 240)) == (320, 256)
