@@ -302,7 +302,7 @@ def read_checkpoint(path: PathLike) -> LoadedCheckpoint:
     except CheckpointError:
         raise
     except (OSError, RecursionError, MemoryError, TypeError, ValueError, AttributeError, KeyError) as error:
-        # a malformed file must never escape as anything but CheckpointError (item: node exits 2, not 1)
+        # a malformed file never escapes as another exception type: callers (the node, the CLIs) rely on it
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(error).__name__}: {str(error)[:200]})") from None
 
 

@@ -455,7 +455,7 @@ class DetectorNode(Node):
     def _convert(self, frame: Frame, settings: Settings) -> ConvertedImage:
         # max_image_pixels bounds the pixels the network processes (after input_scale and stride padding),
         # checked from the message / compressed header before any pixel memory is allocated.
-        pixel_count = self._detector.network_pixels
+        pixel_count = getattr(self._detector, "network_pixels", None)  # None: count the image's own pixels
         if isinstance(frame.msg, CompressedImage):
             return compressed_to_array(frame.msg, settings.max_image_pixels, pixel_count)
         return image_to_array(frame.msg, settings.max_image_pixels, pixel_count)

@@ -123,8 +123,10 @@ def test_pickle_grammar_refuses_everything_outside_it(tmp_path, ops, reason, tor
 
 
 def test_the_reference_checkpoints_still_load_exactly(reference_dir):
+    from kp2d_model.torch_file import read_torch_file
+
     v4 = read_checkpoint(reference_dir / "v4_reference.ckpt")
-    io_net = read_checkpoint.__globals__["read_torch_file"]((reference_dir / "io_net_reference.pt").read_bytes())
+    io_net = read_torch_file((reference_dir / "io_net_reference.pt").read_bytes())
     reference = torch.load(reference_dir / "io_net_reference.pt", weights_only=True)
     assert list(io_net) == list(reference)
     assert all(torch.equal(io_net[k], reference[k]) and io_net[k].dtype == reference[k].dtype for k in reference)
