@@ -161,6 +161,14 @@ def model_config_from_released(config: dict[str, Any], path: Path) -> dict[str, 
 FLOATING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def _all_finite(value: torch.Tensor) -> bool:
+    """Whether every element is finite: a float64 sum (cannot overflow for float32/16 values) is finite exactly
+    then; one reduction instead of a boolean tensor the size of the weights. float64 tensors are checked directly."""
+    if value.dtype == torch.float64:
+        return bool(torch.isfinite(value).all())
+    return bool(torch.isfinite(value.sum(dtype=torch.float64)))
+
+
 def check_weights(state_dict: Any, path: PathLike, what: str = "state_dict") -> dict[str, torch.Tensor]:
     """``state_dict`` as a plain dict after checking every entry is a finite floating tensor or an int64 counter.
 
@@ -173,7 +181,7 @@ def check_weights(state_dict: Any, path: PathLike, what: str = "state_dict") -> 
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             problems.append(f"{key!r}: {type(value).__name__}, not a tensor")
         elif value.dtype in FLOATING_DTYPES:
-            if not bool(torch.isfinite(value).all()):
+            if not _all_finite(value):
                 bad = int((~torch.isfinite(value)).sum())
                 problems.append(f"{key}: {bad} of {value.numel()} values are NaN or infinite")
         elif value.dtype != torch.int64 or not key.endswith("num_batches_tracked"):

@@ -3,6 +3,7 @@ of the node process), and malformed or side-effect checkpoints refused at start 
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -18,13 +19,13 @@ from hostile_files import (
     torch_zip_from_pickle,
     unicode_op,
 )
-from ros_helpers import NodeProcess, RosTestNode, require_ros, stamp, unique_namespace
+from ros_helpers import NodeProcess, RosTestNode, require_ros, sensor_qos, stamp, unique_namespace
 
 pytestmark = pytest.mark.integration
 require_ros()
 
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from kp2d_model.checkpoint import read_checkpoint  # noqa: E402
@@ -47,7 +48,8 @@ def test_image_bombs_are_refused_before_they_cost_memory_and_the_node_goes_on(tm
     process = NodeProcess(
         "detector",
         ["-r", f"__ns:={namespace}", "-p", "device:=cpu", "-p", "top_k:=100", "-p", "use_compressed:=true",
-         "-p", "image_qos:=reliable", "-p", "max_image_pixels:=2000000", "-p", "debug_image:=false"],
+         "-p", "image_qos:=reliable", "-p", "max_image_pixels:=2000000", "-p", "debug_image:=false",
+         "-p", "use_camera_info:=true", "-p", "camera_info_sync:=latest"],
         tmp_path,
     )  # fmt: skip
     ros = RosTestNode()
@@ -91,6 +93,26 @@ def test_image_bombs_are_refused_before_they_cost_memory_and_the_node_goes_on(tm
         count = served()
         publish_until(lambda h: image_pub.publish(image_message(frame, "bgr8", 3, h)), lambda: served() > count,
                       "a normal frame served after the bombs")  # fmt: skip
+
+        # CameraInfo with NaN in K: a throttled warning, keypoints still published (no normalised coordinates).
+        info_pub = ros.publisher(CameraInfo, f"{namespace}/camera_info", sensor_qos())
+        ros.wait_for_subscribers(info_pub, timeout=60)
+        info = CameraInfo(width=320, height=240, distortion_model="plumb_bob", d=[0.0] * 5,
+                          k=[math.nan, 0.0, 160.0, 0.0, 300.0, 120.0, 0.0, 0.0, 1.0])  # fmt: skip
+        warning = "camera_info has NaN or infinite values"
+
+        def publish_frame_with_info(header: Header) -> None:
+            info.header = header
+            info_pub.publish(info)
+            time.sleep(0.1)
+            image_pub.publish(image_message(frame, "bgr8", 3, header))
+
+        count = served()
+        publish_until(publish_frame_with_info, lambda: warning in process.log() and served() > count + 2,
+                      "NaN CameraInfo warning and frames served")  # fmt: skip
+        assert process.log().count(warning) <= 2, "the warning is throttled"
+        latest = keypoints.snapshot()[-1]
+        assert len(latest.x) > 0 and len(latest.x_normalized) == 0
     finally:
         code = process.stop()
         ros.close()
