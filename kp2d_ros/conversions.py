@@ -172,7 +172,7 @@ def compressed_image_size(data: bytes | bytearray | memoryview) -> tuple[int, in
         raise ImageInputError("too_large", f"compressed image refused from its header: {error}") from None
     except (OSError, ValueError, SyntaxError) as error:
         raise ImageInputError(
-            "compressed", f"could not read the compressed image's size from its header ({error})"
+            "compressed", f"could not decode compressed image: no readable size in its header ({error})"
         ) from None
     return int(width), int(height)
 
