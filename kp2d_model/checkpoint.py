@@ -4,13 +4,16 @@ Three formats are read by :func:`load_keypoint_net` / :func:`read_checkpoint`:
 
 1. **released KP2D** ``.ckpt`` (``v0.ckpt`` ... ``v4.ckpt``): a torch file holding
    ``{'state_dict', 'config'}`` where ``config`` is a pickled yacs ``CfgNode``. It is read *without yacs*
-   through a restricted unpickler: only tensors, plain containers and the yacs node type may be named by
-   the pickle; anything else is refused with :class:`CheckpointError` before any of it runs.
+   and without torch's loader, by :mod:`kp2d_model.torch_file` (a strict pickle grammar: only tensors, plain
+   containers and the yacs node type can be built; nothing in the file can call or modify anything); anything
+   else is refused with :class:`CheckpointError` before any of it runs.
 2. **project** ``.safetensors``: weights + JSON metadata (``format``, ``model_config``, ``provenance``) in
    the safetensors header; one file, no pickle at all. Written by :func:`save_keypoint_net`.
 3. **trainer** ``.pt``: ``torch.save({"format": "kp2d-train-v1", "keypoint_net": ..., "io_net": ...,
-   "model_config": ..., "config": ..., ...})`` with plain containers only, read with torch's
-   ``weights_only=True`` loader.
+   "model_config": ..., "config": ..., ...})`` with plain containers only, read by the same strict reader.
+
+Every file is bounded before anything is allocated (:data:`kp2d_model.torch_file.MAX_FILE_BYTES`), and the
+weights must be finite floating-point tensors (int64 only for BatchNorm counters) of the network's shapes.
 
 ``model_config`` is a plain dict ``{"type": "KeypointNet" | "KeypointResnet", "use_color", "do_upsample",
 "do_cross", "with_drop"}`` (missing keys take the original KeypointNet defaults, all ``True``).
@@ -18,13 +21,9 @@ Three formats are read by :func:`load_keypoint_net` / :func:`read_checkpoint`:
 
 from __future__ import annotations
 
-import collections
 import json
 import os
-import pickle
 import struct
-import types
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from kp2d_model.networks import KeypointNet, KeypointResnet
+from kp2d_model.torch_file import MAX_FILE_BYTES, TorchFileError, read_torch_file
 
 __all__ = [
     "CheckpointError",
@@ -139,6 +139,8 @@ def model_config_from_released(config: dict[str, Any], path: Path) -> dict[str, 
         params = config["model"]["params"]
     except (KeyError, TypeError) as error:
         raise CheckpointError(f"{path}: released checkpoint has no config.model.params") from error
+    if not isinstance(params, dict):
+        raise CheckpointError(f"{path}: config.model.params must be a mapping, got {type(params).__name__}")
     net_type = params.get("keypoint_net_type", "KeypointNet") or "KeypointNet"
     if net_type not in NETWORK_TYPES:
         raise CheckpointError(
@@ -152,52 +154,43 @@ def model_config_from_released(config: dict[str, Any], path: Path) -> dict[str, 
     return normalize_model_config(model_config)
 
 
-# --- restricted unpickling of released checkpoints ------------------------------------------------
+# --- weights: what a state_dict may hold ----------------------------------------------------------
+
+# Floating weights in any of these dtypes are accepted (load_state_dict casts them to the network's float32);
+# integer buffers (BatchNorm's num_batches_tracked) must be int64.
+FLOATING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-class _ConfigNode(dict):
-    """Stand-in for ``yacs.config.CfgNode``: a plain dict; the pickled BUILD state is kept, never run."""
-
-    def __setstate__(self, state: Any) -> None:
-        self.pickled_state = state
-
-
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
-    ("yacs.config", "CfgNode"): _ConfigNode,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("__builtin__", "set"): set,
-    ("__builtin__", "frozenset"): frozenset,
-}
+def _all_finite(value: torch.Tensor) -> bool:
+    """Whether every element is finite: a float64 sum (cannot overflow for float32/16 values) is finite exactly
+    then; one reduction instead of a boolean tensor the size of the weights. float64 tensors are checked directly."""
+    if value.dtype == torch.float64:
+        return bool(torch.isfinite(value).all())
+    return bool(torch.isfinite(value.sum(dtype=torch.float64)))
 
 
-class _RefusedGlobal(pickle.UnpicklingError):
-    def __init__(self, module: str, name: str):
-        super().__init__(f"{module}.{name}")
-        self.global_name = f"{module}.{name}"
+def check_weights(state_dict: Any, path: PathLike, what: str = "state_dict") -> dict[str, torch.Tensor]:
+    """``state_dict`` as a plain dict after checking every entry is a finite floating tensor or an int64 counter.
 
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only the globals in ``_ALLOWED_GLOBALS``; torch resolves its storage types itself."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise _RefusedGlobal(module, name) from None
-
-
-def _restricted_load(file: Any, **kwargs: Any) -> Any:
-    return _RestrictedUnpickler(file, **kwargs).load()
-
-
-# A module-like object for ``torch.load(pickle_module=...)``: torch subclasses its ``Unpickler``.
-_restricted_pickle_module = types.SimpleNamespace(
-    Unpickler=_RestrictedUnpickler, load=_restricted_load, __name__="kp2d_restricted_pickle"
-)
+    Raises CheckpointError naming the first offending entries (bool/int weights, NaN/inf values, non-tensors).
+    """
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{path}: {what} must be a dict of tensors, got {type(state_dict).__name__}")
+    problems = []
+    for key, value in state_dict.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            problems.append(f"{key!r}: {type(value).__name__}, not a tensor")
+        elif value.dtype in FLOATING_DTYPES:
+            if not _all_finite(value):
+                bad = int((~torch.isfinite(value)).sum())
+                problems.append(f"{key}: {bad} of {value.numel()} values are NaN or infinite")
+        elif value.dtype != torch.int64 or not key.endswith("num_batches_tracked"):
+            problems.append(f"{key}: dtype {value.dtype} (weights must be floating point)")
+        if len(problems) >= 3:
+            break
+    if problems:
+        raise CheckpointError(f"{path}: {what} refused: " + "; ".join(str(problem)[:200] for problem in problems))
+    return dict(state_dict)
 
 
 def _to_plain(value: Any) -> Any:
@@ -235,26 +228,16 @@ def _sniff(path: Path) -> str:
     )
 
 
-def _torch_load_safely(path: Path) -> Any:
-    """torch.load with torch's own weights-only loader, falling back to our restricted unpickler.
+def _read_torch_file(path: Path) -> Any:
+    """The object in a ``torch.save`` file (zip or legacy), read by :mod:`kp2d_model.torch_file`'s strict grammar.
 
-    Both refuse anything outside their allow-lists before it runs; the fallback adds the yacs node type.
+    No torch loader runs: only tensors, plain containers and the yacs node type can be built, nothing in the
+    file can call or modify anything, and declared sizes are checked against the file before allocating.
     """
-    try:  # trainer files hold plain containers only: torch's own weights-only loader reads them
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        pass  # e.g. the yacs config of released checkpoints ("Unsupported global")
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path}: corrupt or truncated torch file ({type(error).__name__}: {error})") from error
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle_module)
-    except _RefusedGlobal as error:
-        raise CheckpointError(
-            f"{path}: refused to load: the pickle references {error.global_name!r}, which is not on the allow-list "
-            "(tensors, plain containers, yacs CfgNode); nothing from the file was executed"
-        ) from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as error:
-        raise CheckpointError(f"{path}: corrupt or truncated torch file ({type(error).__name__}: {error})") from error
+        return read_torch_file(path.read_bytes())
+    except TorchFileError as error:
+        raise CheckpointError(f"{path}: {error}") from None
 
 
 def _read_safetensors(path: Path) -> LoadedCheckpoint:
@@ -273,6 +256,7 @@ def _read_safetensors(path: Path) -> LoadedCheckpoint:
         provenance = json.loads(metadata.get("provenance", "{}"))
     except (KeyError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path}: safetensors metadata lacks valid JSON 'model_config' ({error})") from error
+    state_dict = check_weights(state_dict, path)
     return LoadedCheckpoint(path, PROJECT_FORMAT, state_dict, normalize_model_config(model_config), provenance)
 
 
@@ -288,7 +272,7 @@ def _from_torch_object(path: Path, obj: Any) -> LoadedCheckpoint:
         return LoadedCheckpoint(
             path,
             TRAINER_FORMAT,
-            dict(obj["keypoint_net"]),
+            check_weights(obj["keypoint_net"], path, "keypoint_net"),
             normalize_model_config(dict(obj["model_config"])),
             provenance,
             _to_plain(obj.get("config") or {}),
@@ -298,7 +282,8 @@ def _from_torch_object(path: Path, obj: Any) -> LoadedCheckpoint:
         config = _to_plain(obj["config"])
         model_config = model_config_from_released(config, path)
         provenance = {"format": RELEASED_FORMAT, "source": str(path)}
-        return LoadedCheckpoint(path, RELEASED_FORMAT, dict(obj["state_dict"]), model_config, provenance, config)
+        state_dict = check_weights(obj["state_dict"], path)
+        return LoadedCheckpoint(path, RELEASED_FORMAT, state_dict, model_config, provenance, config)
     raise CheckpointError(
         f"{path}: unrecognised checkpoint layout (top-level keys {sorted(map(str, obj))}); expected a released "
         f"KP2D checkpoint ('state_dict', 'config') or a trainer checkpoint (format {TRAINER_FORMAT!r})"
@@ -312,12 +297,21 @@ def read_checkpoint(path: PathLike) -> LoadedCheckpoint:
         raise CheckpointError(f"{path}: checkpoint file not found")
     if not path.is_file():
         raise CheckpointError(f"{path}: not a regular file")
-    kind = _sniff(path)
-    if kind == "safetensors":
-        return _read_safetensors(path)
-    if kind == "zip" and not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path}: corrupt or truncated torch zip file")
-    return _from_torch_object(path, _torch_load_safely(path))
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise CheckpointError(
+            f"{path}: file of {size} bytes is larger than any checkpoint of these networks ({MAX_FILE_BYTES} bytes)"
+        )
+    try:
+        kind = _sniff(path)
+        if kind == "safetensors":
+            return _read_safetensors(path)
+        return _from_torch_object(path, _read_torch_file(path))
+    except CheckpointError:
+        raise
+    except (OSError, RecursionError, MemoryError, TypeError, ValueError, AttributeError, KeyError) as error:
+        # a malformed file never escapes as another exception type: callers (the node, the CLIs) rely on it
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(error).__name__}: {str(error)[:200]})") from None
 
 
 def check_state_dict(net: nn.Module, state_dict: dict[str, torch.Tensor], path: PathLike) -> None:
@@ -330,7 +324,18 @@ def check_state_dict(net: nn.Module, state_dict: dict[str, torch.Tensor], path: 
         for key, value in expected.items()
         if key in state_dict and tuple(state_dict[key].shape) != tuple(value.shape)
     ]
+    wrong_dtype = [
+        f"{key}: checkpoint {state_dict[key].dtype} vs network {value.dtype}"
+        for key, value in expected.items()
+        if key in state_dict
+        and not (
+            value.dtype == state_dict[key].dtype
+            or (value.is_floating_point() and state_dict[key].dtype in FLOATING_DTYPES)
+        )
+    ]
     problems = []
+    if wrong_dtype:
+        problems.append("wrong dtype: " + "; ".join(wrong_dtype[:5]))
     if wrong_shape:
         problems.append("wrong shape: " + "; ".join(wrong_shape[:5]))
     if missing:

@@ -31,7 +31,14 @@ from kp2d_model.checkpoint import CheckpointError, default_checkpoint_path, load
 from kp2d_model.image import ImageFormatError, normalize_image, to_bgr
 from kp2d_model.networks import KeypointNet, KeypointResnet, sample_descriptors
 
-__all__ = ["Detections", "KeypointDetector", "fuse_batchnorm", "resolve_device", "sample_conv3x3_descriptors"]
+__all__ = [
+    "Detections",
+    "KeypointDetector",
+    "fuse_batchnorm",
+    "network_input_size",
+    "resolve_device",
+    "sample_conv3x3_descriptors",
+]
 
 
 @dataclass
@@ -141,6 +148,18 @@ def scaled_size(width: int, height: int, input_scale: float) -> tuple[int, int]:
     return max(1, round(width * input_scale)), max(1, round(height * input_scale))
 
 
+def network_input_size(
+    width: int, height: int, stride: int, input_size: tuple[int, int] | None = None, input_scale: float | None = None
+) -> tuple[int, int]:
+    """``(W, H)`` the network processes for a ``width x height`` image: resized to ``input_size`` or by
+    ``input_scale`` (see :func:`scaled_size`), then padded right/bottom to a multiple of ``stride``."""
+    if input_size is not None:
+        width, height = input_size
+    elif input_scale is not None:
+        width, height = scaled_size(width, height, input_scale)
+    return width + (-width % stride), height + (-height % stride)
+
+
 def to_image_pixels(xy: torch.Tensor, network_size: tuple[int, int], image_size: tuple[int, int]) -> torch.Tensor:
     """``(..., 2)`` x, y pixels of the resized network input -> pixels of the ``image_size`` ``(W, H)`` image it
     was resized from (``cv2.resize`` to ``network_size``): pixel-centre aligned, as cv2.resize samples,
@@ -245,9 +264,19 @@ class KeypointDetector:
             self._descriptor_conv = self._trunk.convFbb
             self._trunk.convFbb = nn.Identity()
 
+    # Refuse images whose network input (after scaling and padding) has more pixels than this (None: no limit).
+    # Memory grows with these pixels (~300 bytes each for KeyPointNet on the CPU), not with the image's own.
+    max_network_pixels: int | None = None
+
     @property
     def descriptor_dim(self) -> int:
         return int(self.network.descriptor_dim)
+
+    def network_pixels(self, width: int, height: int) -> int:
+        """Pixels the network processes for a ``width x height`` image (after ``input_size``/``input_scale``
+        and padding to the stride): what memory and time grow with."""
+        network_w, network_h = network_input_size(width, height, self.stride, self.input_size, self.input_scale)
+        return network_w * network_h
 
     # --- public calls ------------------------------------------------------------------------------
 
@@ -276,6 +305,12 @@ class KeypointDetector:
 
     def _prepare(self, image_bgr: np.ndarray) -> _Prepared:
         height, width = image_bgr.shape[:2]
+        if self.max_network_pixels is not None and self.network_pixels(width, height) > self.max_network_pixels:
+            raise ImageFormatError(
+                f"image of {width} x {height} pixels becomes {self.network_pixels(width, height)} pixels for the "
+                f"network (scaled and padded to a multiple of {self.stride}), over max_network_pixels="
+                f"{self.max_network_pixels}"
+            )
         resized = image_bgr
         network_size = self.input_size
         if self.input_scale is not None:

@@ -127,7 +127,8 @@ def verify_geometry(
     threshold: inlier reprojection / epipolar distance in pixels. method: ``"usac"`` (OpenCV USAC_DEFAULT)
     or ``"ransac"``. Returns ``(matrix (3, 3) float64 or None, inlier mask (N,) bool)``; torch tensors in
     give torch tensors out (on the points' device), else NumPy. Fewer than 4 (homography) / 8
-    (fundamental) points, or no model found: ``(None, all-False mask)``.
+    (fundamental) points, or no model found (OpenCV errors on degenerate sets included): ``(None, all-False
+    mask)``; never raises for finite points.
     """
     if model not in MIN_POINTS:
         raise MatchingError(f"model must be one of {sorted(MIN_POINTS)}, got {model!r}")
@@ -140,12 +141,15 @@ def verify_geometry(
     matrix: np.ndarray | None = None
     mask = np.zeros(a.shape[0], dtype=bool)
     if a.shape[0] >= MIN_POINTS[model]:
-        if model == "homography":
-            found, inliers = cv2.findHomography(
-                a, b, METHODS[method], threshold, maxIters=max_iters, confidence=confidence
-            )
-        else:
-            found, inliers = cv2.findFundamentalMat(a, b, METHODS[method], threshold, confidence, max_iters)
+        try:
+            if model == "homography":
+                found, inliers = cv2.findHomography(
+                    a, b, METHODS[method], threshold, maxIters=max_iters, confidence=confidence
+                )
+            else:
+                found, inliers = cv2.findFundamentalMat(a, b, METHODS[method], threshold, confidence, max_iters)
+        except cv2.error:  # e.g. USAC's "!model.empty()" on degenerate (near-collinear) sets: no model found
+            found, inliers = None, None
         if found is not None and found.shape == (3, 3) and inliers is not None:
             matrix, mask = found, inliers.reshape(-1).astype(bool)
 

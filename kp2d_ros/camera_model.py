@@ -54,10 +54,15 @@ class CameraInfoError(ValueError):
 def check_camera_info(info: Any, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, str]:
     """Validate ``info`` for an image of ``(W, H)`` pixels -> (K (3, 3), D (n,), distortion model).
 
-    Raises CameraInfoError for an uncalibrated CameraInfo (K[0] == 0), a size that differs from the image,
-    an unknown distortion model or too many coefficients.
+    Raises CameraInfoError for NaN/inf in K or D, an uncalibrated CameraInfo (K[0] == 0), a size that differs
+    from the image, an unknown distortion model or too many coefficients.
     """
     k = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
+    d = np.asarray(info.d, dtype=np.float64).reshape(-1)
+    if not (np.isfinite(k).all() and np.isfinite(d).all()):
+        raise CameraInfoError(
+            "non_finite", "camera_info has NaN or infinite values in K or D: no normalised coordinates"
+        )
     if k[0, 0] == 0.0 or k[1, 1] == 0.0:
         raise CameraInfoError("uncalibrated", "camera_info is uncalibrated (K[0] == 0): no normalised coordinates")
     if (info.width, info.height) != (0, 0) and (int(info.width), int(info.height)) != tuple(image_size):
@@ -72,7 +77,6 @@ def check_camera_info(info: Any, image_size: tuple[int, int]) -> tuple[np.ndarra
             "distortion_model",
             f"distortion model {model!r} is not supported ({', '.join(m for m in DISTORTION_MODELS if m)})",
         )
-    d = np.asarray(info.d, dtype=np.float64).reshape(-1)
     expected = DISTORTION_MODELS[model]
     if d.size > expected:
         if np.any(d[expected:]):

@@ -9,11 +9,15 @@ big-endian frames (``is_bigendian``) are converted here too (cv_bridge fails on 
 
 from __future__ import annotations
 
+import io
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image as PILImage
 
 try:  # a ROS 2 installation's cv_bridge (not on PyPI)
     from cv_bridge import CvBridge
@@ -26,7 +30,22 @@ except ImportError:  # the PyPI route
     _BRIDGE = None
     BACKEND = "rosbags-image"
 
-__all__ = ["BACKEND", "ENCODINGS", "ConvertedImage", "ImageInputError", "compressed_to_array", "image_to_array"]
+__all__ = [
+    "BACKEND",
+    "ENCODINGS",
+    "ConvertedImage",
+    "ImageInputError",
+    "compressed_image_size",
+    "compressed_to_array",
+    "image_to_array",
+]
+
+# (W, H) of an image -> pixels the consumer will process (e.g. KeypointDetector.network_pixels: after scaling
+# and padding to the network's stride); the default counts the image's own pixels.
+PixelCount = Callable[[int, int], int]
+
+# Compressed formats whose header Pillow reads for the size check (all decoded by OpenCV too); others are refused.
+HEADER_FORMATS = ("JPEG", "PNG", "TIFF", "WEBP", "BMP", "PPM", "JPEG2000")
 
 
 class ImageInputError(ValueError):
@@ -65,12 +84,20 @@ class ConvertedImage:
     channel_order: str
 
 
-def _check_size(width: int, height: int, max_pixels: int) -> None:
+def _check_size(width: int, height: int, max_pixels: int, pixel_count: PixelCount | None = None) -> None:
+    """Refuse an empty image or one whose processed pixel count (``pixel_count(W, H)``) exceeds ``max_pixels``."""
     if width <= 0 or height <= 0:
         raise ImageInputError("empty", f"zero-size image ({width} x {height})")
     if width * height > max_pixels:
         raise ImageInputError(
             "too_large", f"image of {width} x {height} = {width * height} pixels exceeds max_image_pixels={max_pixels}"
+        )
+    processed = pixel_count(width, height) if pixel_count is not None else width * height
+    if processed > max_pixels:
+        raise ImageInputError(
+            "too_large",
+            f"image of {width} x {height} pixels becomes {processed} pixels for the network (scaled and padded to "
+            f"its stride), exceeding max_image_pixels={max_pixels}",
         )
 
 
@@ -84,12 +111,13 @@ def _to_uint8(pixels: np.ndarray) -> np.ndarray:
     return cv2.convertScaleAbs(pixels, alpha=255.0 / (high - low), beta=-255.0 * low / (high - low))
 
 
-def image_to_array(msg: Any, max_pixels: int = 4096 * 4096) -> ConvertedImage:
+def image_to_array(msg: Any, max_pixels: int = 4096 * 4096, pixel_count: PixelCount | None = None) -> ConvertedImage:
     """Validate a ``sensor_msgs/Image`` and convert it (no copy where the layout allows).
 
     Supported encodings: mono8, mono16, 8UC1, 16UC1, rgb8, bgr8, rgba8, bgra8, 8UC3 (as BGR). mono16 is
     stretched to 8 bits per frame. Raises ImageInputError (unsupported encoding, zero size, more than
-    ``max_pixels``, ``step`` smaller than a row, ``data`` shorter than ``step * height``).
+    ``max_pixels`` image pixels or ``pixel_count(W, H)`` processed pixels, ``step`` smaller than a row,
+    ``data`` shorter than ``step * height``).
     """
     encoding = ENCODINGS.get(msg.encoding)
     if encoding is None:
@@ -97,7 +125,7 @@ def image_to_array(msg: Any, max_pixels: int = 4096 * 4096) -> ConvertedImage:
             "encoding", f"unsupported encoding {msg.encoding!r} (supported: {', '.join(sorted(ENCODINGS))})"
         )
     width, height, step = int(msg.width), int(msg.height), int(msg.step)
-    _check_size(width, height, max_pixels)
+    _check_size(width, height, max_pixels, pixel_count)
     item_size = np.dtype(encoding.dtype).itemsize
     row_bytes = width * encoding.channels * item_size
     if step < row_bytes:
@@ -131,19 +159,44 @@ def _strided_view(msg: Any, encoding: _Encoding, width: int, height: int, step: 
     return pixels.astype(encoding.dtype) if dtype.itemsize > 1 else pixels  # multi-byte: to native byte order
 
 
-def compressed_to_array(msg: Any, max_pixels: int = 4096 * 4096) -> ConvertedImage:
+def compressed_image_size(data: bytes | bytearray | memoryview) -> tuple[int, int]:
+    """``(W, H)`` from a compressed image's header (JPEG, PNG, TIFF, WebP, BMP, ...), without decoding pixels.
+
+    Pillow parses only the header here, so a "decompression bomb" (a few hundred bytes claiming 32767 x 32767)
+    costs nothing. Raises ImageInputError when no header can be read.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's own DecompressionBombWarning: we check the size ourselves
+            with PILImage.open(io.BytesIO(bytes(data)), formats=HEADER_FORMATS) as header:
+                width, height = header.size
+    except PILImage.DecompressionBombError as error:
+        raise ImageInputError("too_large", f"compressed image refused from its header: {error}") from None
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ImageInputError(
+            "compressed", f"could not decode compressed image: no readable size in its header ({error})"
+        ) from None
+    return int(width), int(height)
+
+
+def compressed_to_array(
+    msg: Any, max_pixels: int = 4096 * 4096, pixel_count: PixelCount | None = None
+) -> ConvertedImage:
     """Decode a ``sensor_msgs/CompressedImage`` (JPEG, PNG, ...) to BGR or grey uint8.
 
-    Raises ImageInputError for empty or undecodable data and for more than ``max_pixels`` (checked after
-    decoding; OpenCV itself refuses images over 2^30 pixels). 16-bit images are reduced to 8 bits.
+    Raises ImageInputError for empty data, an unreadable header, more than ``max_pixels`` image pixels or
+    ``pixel_count(W, H)`` processed pixels (both checked from the header *before* decoding, so a small file
+    claiming a huge size is refused before any pixel memory is allocated) and undecodable data. 16-bit images
+    are reduced to 8 bits.
     """
     if len(msg.data) == 0:
         raise ImageInputError("compressed", "compressed image with no data")
+    _check_size(*compressed_image_size(msg.data), max_pixels, pixel_count)
     buffer = np.frombuffer(msg.data, np.uint8)
     pixels = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
     if pixels is None:
         raise ImageInputError("compressed", f"could not decode compressed image (format {msg.format!r})")
-    _check_size(pixels.shape[1], pixels.shape[0], max_pixels)
+    _check_size(pixels.shape[1], pixels.shape[0], max_pixels, pixel_count)
     if pixels.ndim == 3 and pixels.shape[2] not in (3, 4):
         raise ImageInputError("compressed", f"decoded image has {pixels.shape[2]} channels")
     if pixels.dtype != np.uint8:

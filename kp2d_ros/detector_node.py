@@ -502,9 +502,12 @@ class DetectorNode(Node):
         self._warned[kind] = (now, 0)
 
     def _convert(self, frame: Frame, settings: Settings) -> ConvertedImage:
+        # max_image_pixels bounds the pixels the network processes (after input_scale and stride padding),
+        # checked from the message / compressed header before any pixel memory is allocated.
+        pixel_count = getattr(self._detector, "network_pixels", None)  # None: count the image's own pixels
         if isinstance(frame.msg, CompressedImage):
-            return compressed_to_array(frame.msg, settings.max_image_pixels)
-        return image_to_array(frame.msg, settings.max_image_pixels)
+            return compressed_to_array(frame.msg, settings.max_image_pixels, pixel_count)
+        return image_to_array(frame.msg, settings.max_image_pixels, pixel_count)
 
     def _process(self, frame: Frame) -> None:
         settings = self._settings
@@ -657,8 +660,10 @@ class DetectorNode(Node):
 
     def destroy_node(self) -> None:
         self._running = False
-        self._slot.close()
-        if self._worker.is_alive():
+        # A constructor that failed part-way (bad model) has no slot or worker yet: nothing to stop.
+        if hasattr(self, "_slot"):
+            self._slot.close()
+        if hasattr(self, "_worker") and self._worker.is_alive():
             self._worker.join(timeout=10.0)
         super().destroy_node()
 

@@ -28,6 +28,7 @@ from kp2d_model.evaluation.methods import METHOD_NAMES, FeatureMethod, describe_
 from kp2d_model.evaluation.metrics import homography_matches
 
 PROGRAM = "kp2d-evaluate"
+MAX_RESOLUTION_SIDE = 4096  # px; memory grows with the network's pixels (~300 bytes each for KeyPointNet)
 MATCH_PLOT_PAIRS = (2, 6)  # pairs (1, k) drawn with --plots: the easiest and the hardest of a sequence
 
 
@@ -39,7 +40,28 @@ def parse_resolution(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"resolution must look like 320x240 (WIDTHxHEIGHT), got {text!r}") from None
     if width < 8 or height < 8:
         raise argparse.ArgumentTypeError(f"resolution {text!r} is too small")
+    if max(width, height) > MAX_RESOLUTION_SIDE:
+        raise argparse.ArgumentTypeError(f"resolution {text!r} is too large (at most {MAX_RESOLUTION_SIDE} px a side)")
     return width, height
+
+
+def device_argument(text: str) -> str:
+    """``--device``: auto, cpu, cuda or cuda:N, refused here when CUDA is asked for but not available."""
+    import torch
+
+    if text == "auto":
+        return text
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available here; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return text
 
 
 def positive_int(text: str) -> int:
@@ -89,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="kp2d: resize each image by this factor before the network, points mapped back (not in the original "
         "protocol; 2.5 = the default model's recommended setting); repeatable, one kp2d row each (kp2d_x2, ...)",
     )
-    parser.add_argument("--device", default="auto", help="kp2d network device: auto, cpu, cuda:0, ...")
+    parser.add_argument(
+        "--device", type=device_argument, default="auto", help="kp2d network device: auto, cpu, cuda:0, ..."
+    )
     parser.add_argument(
         "--reference-forward",
         action="store_true",

@@ -22,9 +22,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import shutil
 import sys
+import tempfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ import numpy as np
 NUM_IMAGES = 6  # per sequence, like HPatches
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
 MIN_PHOTO_SIDE = 64  # px
+MAX_OUTPUT_SIDE = 8192  # px per side of the written images
 
 # Change at full strength (image 6). Viewpoint amplitudes shrink per sequence until the path fits the photo.
 MAX_ROTATION_DEG = 30.0
@@ -308,6 +311,9 @@ def generate_benchmark(
 
     ``out_size`` is (width, height) px; ``kinds`` holds ``v`` and/or ``i``. Refuses a non-empty ``out_dir``
     unless ``overwrite`` (then sequence folders of the same names are replaced, others are left alone).
+    All or nothing: the sequences are written to a staging folder inside ``out_dir`` and moved into place only
+    when every photo was read and every file written, so a corrupt photo (BenchmarkInputError naming it) or a
+    full disk leaves ``out_dir`` as it was. A sequence name that exists as a symbolic link or a file is refused.
     """
     out_dir = Path(out_dir)
     if not photos:
@@ -316,11 +322,47 @@ def generate_benchmark(
         raise BenchmarkInputError(f"kinds must be made of 'v' (viewpoint) and 'i' (illumination), got {kinds!r}")
     if not 0.1 <= crop_fraction < 1.0:
         raise BenchmarkInputError(f"crop_fraction must be in [0.1, 1), got {crop_fraction}")
-    if min(out_size) < 32:
-        raise BenchmarkInputError(f"output size must be at least 32x32 px, got {out_size[0]}x{out_size[1]}")
+    if min(out_size) < 32 or max(out_size) > MAX_OUTPUT_SIDE:
+        raise BenchmarkInputError(
+            f"output size must be between 32x32 and {MAX_OUTPUT_SIDE}x{MAX_OUTPUT_SIDE} px, "
+            f"got {out_size[0]}x{out_size[1]}"
+        )
+    if seed < 0:
+        raise BenchmarkInputError(f"seed must be >= 0, got {seed}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BenchmarkInputError(f"output folder {out_dir} exists and is not a folder")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise BenchmarkInputError(f"output folder {out_dir} is not empty; pass overwrite (--overwrite) to replace")
     _unique_names(list(photos))
+    for source in photos:
+        for kind in set(kinds):
+            target = out_dir / f"{kind}_{source.name}"
+            if target.is_symlink() or (target.exists() and not target.is_dir()):
+                raise BenchmarkInputError(
+                    f"{target} is a symbolic link or a file, not a sequence folder; refusing to replace it"
+                )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".kp2d-make-hpatches-", dir=out_dir))
+    except OSError as error:
+        raise BenchmarkInputError(f"cannot write the output folder {out_dir}: {error.strerror or error}") from None
+    try:
+        written = _generate_into(photos, out_dir, staging, seed, out_size, crop_fraction, kinds)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return written
+
+
+def _generate_into(
+    photos: Sequence[SourcePhoto],
+    out_dir: Path,
+    staging: Path,
+    seed: int,
+    out_size: tuple[int, int],
+    crop_fraction: float,
+    kinds: str,
+) -> list[Path]:
+    """:func:`generate_benchmark`'s work: every sequence into ``staging``, then all moved to ``out_dir``."""
 
     makers = {"v": make_viewpoint_sequence, "i": make_illumination_sequence}
     written: list[Path] = []
@@ -331,9 +373,10 @@ def generate_benchmark(
             rng = np.random.default_rng([seed, zlib.crc32(f"{kind}_{source.name}".encode())])
             sequence = makers[kind](photo, rng, out_size, crop_fraction)
             folder = out_dir / f"{kind}_{source.name}"
-            if folder.exists():
-                shutil.rmtree(folder)
-            write_sequence(folder, sequence)
+            try:
+                write_sequence(staging / folder.name, sequence)
+            except OSError as error:
+                raise BenchmarkInputError(f"cannot write {folder}: {error.strerror or error}") from None
             written.append(folder)
             manifest.append(
                 {
@@ -352,7 +395,15 @@ def generate_benchmark(
         "versions": {"numpy": np.__version__, "opencv": cv2.__version__},
         "sequences": manifest,
     }
-    (out_dir / "generation.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    try:
+        (staging / "generation.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        for folder in written:  # everything is written: replace the old sequences of the same names
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(staging / folder.name, folder)
+        os.replace(staging / "generation.json", out_dir / "generation.json")
+    except OSError as error:
+        raise BenchmarkInputError(f"cannot write {out_dir}: {error.strerror or error}") from None
     return written
 
 
@@ -363,7 +414,20 @@ def _parse_size(text: str) -> tuple[int, int]:
     match = re.fullmatch(r"(\d+)[xX](\d+)", text.strip())
     if not match:
         raise argparse.ArgumentTypeError(f"size must look like 640x480 (width x height), got {text!r}")
-    return int(match.group(1)), int(match.group(2))
+    width, height = int(match.group(1)), int(match.group(2))
+    if not (32 <= width <= MAX_OUTPUT_SIDE and 32 <= height <= MAX_OUTPUT_SIDE):
+        raise argparse.ArgumentTypeError(f"size sides must be in [32, {MAX_OUTPUT_SIDE}] px, got {text!r}")
+    return width, height
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -374,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--images", type=Path, help="folder of photos (default: the project's held-out public photos)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (HPatches layout)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=_non_negative_int, default=0, help="random seed >= 0 (default 0)")
     parser.add_argument("--size", type=_parse_size, default=(640, 480), help="image size WxH (default 640x480)")
     parser.add_argument("--crop-fraction", type=float, default=0.7, help="image 1's share of the photo (default 0.7)")
     parser.add_argument("--kinds", default="vi", help="'v' viewpoint, 'i' illumination or 'vi' (default)")

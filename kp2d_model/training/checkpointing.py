@@ -1,4 +1,4 @@
-"""Trainer checkpoints: written atomically, read back with torch's weights-only loader.
+"""Trainer checkpoints: written atomically, read back by the strict reader of :mod:`kp2d_model.torch_file`.
 
 File layout (``format`` ``kp2d-train-v1``, read by :func:`kp2d_model.checkpoint.load_keypoint_net` too)::
 
@@ -6,7 +6,7 @@ File layout (``format`` ``kp2d-train-v1``, read by :func:`kp2d_model.checkpoint.
      "optimizer": ..., "scheduler": ..., "grad_scaler": ... | None, "step": int, "epoch": int,
      "batch_in_epoch": int, "config": nested dict, "model_config": dict, "rng": {...}}
 
-Only tensors and plain containers, so ``torch.load(weights_only=True)`` reads it. :func:`atomic_save`
+Only tensors and plain containers, so ``torch.load(weights_only=True)`` reads it too. :func:`atomic_save`
 writes to a temporary file in the same folder, fsyncs it and renames it over the target: a crash or kill at
 any moment leaves either the previous complete file or the new complete file, never a partial one.
 """
@@ -14,9 +14,7 @@ any moment leaves either the previous complete file or the new complete file, ne
 from __future__ import annotations
 
 import os
-import pickle
 import random
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ import numpy as np
 import torch
 
 from kp2d_model.checkpoint import TRAINER_FORMAT, CheckpointError
+from kp2d_model.torch_file import MAX_FILE_BYTES, TorchFileError, read_torch_file
 
 __all__ = [
     "TEMPORARY_MARKER",
@@ -121,12 +120,13 @@ def read_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint to resume from not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
-        raise CheckpointError(
-            f"{path}: not a readable trainer checkpoint ({type(error).__name__}: {str(error).splitlines()[0]})"
-        ) from None
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise CheckpointError(f"{path}: not a readable trainer checkpoint ({size} bytes, over {MAX_FILE_BYTES})")
+    try:  # the strict reader of kp2d_model.torch_file: nothing in the file can act, sizes bounded
+        state = read_torch_file(path.read_bytes())
+    except (TorchFileError, OSError) as error:
+        raise CheckpointError(f"{path}: not a readable trainer checkpoint ({error})") from None
     if not isinstance(state, dict) or state.get("format") != TRAINER_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(

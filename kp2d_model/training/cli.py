@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,6 +100,17 @@ def _default_out_dir(args: argparse.Namespace, run_name: str) -> Path:
     return Path("runs") / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def unwritable_folder_reason(folder: Path) -> str | None:
+    """Why ``folder`` cannot be created or written (None: it can); creates it when missing."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
+
+
 def _error(message: str) -> None:
     print(f"{PROGRAM}: error: {message}", file=sys.stderr)
 
@@ -124,6 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kp2d_model.training.trainer import Trainer, TrainingError, setup_distributed
 
     out_dir = _default_out_dir(args, run_name)
+    problem = unwritable_folder_reason(out_dir)
+    if problem:
+        _error(f"cannot write the run folder {out_dir} (--out): {problem}")
+        return EXIT_USAGE
     context = None
     try:
         context = setup_distributed(config.train.device)

@@ -13,6 +13,7 @@ The released configurations ship as ``config/train/<name>.yaml`` (``v0`` ... ``v
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import sys
@@ -313,14 +314,38 @@ def validate(config: TrainConfig, source: str = "config") -> TrainConfig:
         section, name = key.split(".")
         if getattr(getattr(config, section), name) < 0:
             raise ConfigError(f"{source}: {key} must be >= 0, got {getattr(getattr(config, section), name)}")
+    _check_finite(config, source)
+    if max(shape) > MAX_IMAGE_SIDE:
+        raise ConfigError(f"{source}: data.image_shape sides must be <= {MAX_IMAGE_SIDE} px, got {shape}")
+    if not 0 <= config.train.seed < 2**63:
+        raise ConfigError(f"{source}: train.seed must be in [0, 2^63), got {config.train.seed}")
     _check_homography_ranges(config.augmentation, source)
     if config.optimizer.learning_rate <= 0:
         raise ConfigError(f"{source}: optimizer.learning_rate must be > 0, got {config.optimizer.learning_rate}")
+    if config.optimizer.weight_decay < 0:
+        raise ConfigError(f"{source}: optimizer.weight_decay must be >= 0, got {config.optimizer.weight_decay}")
+    if not 0 < config.optimizer.lr_decay <= 1:
+        raise ConfigError(f"{source}: optimizer.lr_decay must be in (0, 1], got {config.optimizer.lr_decay}")
     if config.model.type == "KeypointResnet" and not config.model.use_color:
         raise ConfigError(f"{source}: model.use_color must be true for KeypointResnet")
     if not config.model.use_color:
         raise ConfigError(f"{source}: model.use_color=false (grey input) is not supported by the trainer")
     return config
+
+
+# Training images larger than this per side are refused (the released models train at 240x320 / 256x320).
+MAX_IMAGE_SIDE = 4096
+
+
+def _check_finite(config: TrainConfig, source: str) -> None:
+    """Refuse NaN / infinite values in any float setting (``optimizer.learning_rate=.inf`` and the like)."""
+    for section_name in _field_types(TrainConfig):
+        section = getattr(config, section_name)
+        for name in _field_types(type(section)):
+            value = getattr(section, name)
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(item, float) and not math.isfinite(item) for item in values):
+                raise ConfigError(f"{source}: {section_name}.{name} must be a finite number, got {value}")
 
 
 def _check_homography_ranges(a: AugmentationConfig, source: str) -> None:

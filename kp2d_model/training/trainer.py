@@ -59,7 +59,7 @@ from kp2d_model.training.checkpointing import (
     remove_stale_temporaries,
     restore_rng_state,
 )
-from kp2d_model.training.config import TrainConfig, config_from_dict, config_to_dict
+from kp2d_model.training.config import ConfigError, TrainConfig, config_from_dict, config_to_dict
 from kp2d_model.training.visualize import keypoint_overlay, score_heatmap
 
 __all__ = ["DistributedContext", "KP2DLossModule", "TrainResult", "Trainer", "TrainingError", "setup_distributed"]
@@ -104,11 +104,11 @@ def _select_device(setting: str, local_rank: int) -> torch.device:
     try:
         device = torch.device(setting)
     except RuntimeError as error:
-        raise TrainingError(f"train.device {setting!r} is not a device ({error})") from None
+        raise ConfigError(f"train.device {setting!r} is not a device ({error})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"train.device is {setting!r} but CUDA is not available here; use train.device=cpu")
+        raise ConfigError(f"train.device is {setting!r} but CUDA is not available here; use train.device=cpu")
     if device.type not in ("cpu", "cuda"):
-        raise TrainingError(f"train.device must be auto, cpu, cuda or cuda:N, got {setting!r}")
+        raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {setting!r}")
     return device
 
 
@@ -435,6 +435,27 @@ class Trainer:
             return None
         return atomic_save(self.state_dict(), path or self.checkpoint_path)
 
+    def _save_epoch_checkpoints(self, keep_epoch_file: bool) -> None:
+        """At the end of an epoch: ``epoch_NNN.pt`` (if kept) *before* ``last.pt`` moves past it, so a kill between
+        the two writes never loses the epoch's file (resuming from the older ``last.pt`` redoes the epoch)."""
+        if not self.context.is_main:
+            return
+        state = self.state_dict()
+        if keep_epoch_file:
+            atomic_save(state, self.checkpoint_path.with_name(f"epoch_{self.epoch:03d}.pt"))
+        atomic_save(state, self.checkpoint_path)
+
+    def _check_parameters_finite(self) -> None:
+        """Raise TrainingError when an optimizer step left a NaN/inf parameter (nothing is saved after this)."""
+        parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if bool(torch.stack([torch.isfinite(p).all() for p in parameters]).all()):
+            return
+        raise TrainingError(
+            f"a network parameter became NaN or infinite in optimizer step {self.step + 1} (learning rate "
+            f"{self._learning_rates()}); the run stops without saving these weights. Try a smaller "
+            f"optimizer.learning_rate; the last good checkpoint is {self._last_checkpoint_text()}"
+        )
+
     def _load(self, path: Path) -> None:
         state = read_training_checkpoint(path)
         saved_model = normalize_model_config(dict(state["model_config"]))
@@ -544,8 +565,18 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
-        self.scaler.step(self.optimizer)
+        try:
+            self.scaler.step(self.optimizer)
+        except RuntimeError as error:
+            if "overflow" not in str(error):
+                raise
+            raise TrainingError(
+                f"optimizer step {self.step + 1} overflowed float32 ({str(error).splitlines()[0]}; learning rate "
+                f"{self._learning_rates()}); nothing saved from it. Try a smaller optimizer.learning_rate; the last "
+                f"good checkpoint is {self._last_checkpoint_text()}"
+            ) from None
         self.scaler.update()
+        self._check_parameters_finite()
         self.step += 1
         return terms_now
 
@@ -564,8 +595,15 @@ class Trainer:
         )
         metrics = self.out_dir / "metrics.jsonl"
         if metrics.is_file():  # resuming: drop steps logged after the checkpoint (they will be redone)
-            lines = metrics.read_text(encoding="utf-8").splitlines()
-            kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= self.step]
+            kept = []
+            for number, line in enumerate(metrics.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+                try:
+                    record = json.loads(line) if line.strip() else None
+                except json.JSONDecodeError:  # a line torn by a kill mid-write: the checkpoint is still good
+                    LOGGER.warning("%s line %d is incomplete (torn by an interrupted write); dropped", metrics, number)
+                    continue
+                if isinstance(record, dict) and record.get("step", 0) <= self.step:
+                    kept.append(line)
             metrics.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         self._metrics_file = open(metrics, "a", encoding="utf-8")  # noqa: SIM115
         from torch.utils.tensorboard import SummaryWriter
@@ -722,9 +760,7 @@ class Trainer:
                         self.samples_in_epoch = 0
                         self.scheduler.step()
                         result.epochs_completed = self.epoch
-                        path = self.save_checkpoint()
-                        if path is not None and config.train.keep_epoch_checkpoints:
-                            atomic_save(self.state_dict(), path.with_name(f"epoch_{self.epoch:03d}.pt"))
+                        self._save_epoch_checkpoints(config.train.keep_epoch_checkpoints)
                         self._evaluate()
                 if not result.interrupted:
                     result.exported_model = self.export_model()
