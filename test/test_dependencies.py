@@ -20,6 +20,7 @@ ROSDEP_KEYS = {
     "tensorboard": "python3-tensorboard-pip",
     "matplotlib": "python3-matplotlib",
     "kornia": "python3-kornia-pip",
+    "pillow": "python3-pil",
 }
 
 
