@@ -1,4 +1,7 @@
-"""Track ids carried through frame-to-frame matches, and the short position history the debug image draws."""
+"""Track ids carried through frame-to-frame matches, and the short position history the debug image draws.
+
+No ROS here: the detector node (kp2d_ros) and the sequence benchmark (kp2d_model.track_bench) share this code.
+"""
 
 from __future__ import annotations
 
