@@ -36,11 +36,13 @@ setup(
             "kp2d-make-hpatches = kp2d_model.evaluation.synthetic:main",
             "kp2d-train = kp2d_model.training.cli:main",
             "kp2d-evaluate = kp2d_model.evaluation.cli:main",
+            "kp2d-track-bench = kp2d_model.track_bench.cli:main",
             # ROS 2 executables (`ros2 run kp2d_ros <name>`)
             "detector = kp2d_ros.detector_node:main",
             "camera_sim = kp2d_ros.camera_sim:main",
             "train = kp2d_ros.train:main",
             "evaluate = kp2d_ros.evaluate:main",
+            "track_bench = kp2d_ros.track_bench:main",
             "demo = kp2d_ros.demo:main",
         ],
     },
