@@ -83,11 +83,13 @@ def warm_up(front_end: Any, image: np.ndarray, repeats: int = 2) -> None:
     front_end.reset()
 
 
-def photos_for(sequence_name: str, num_photos: int, per_sequence: int, seed: int) -> list[int]:
-    """Indices of the photos sequence ``sequence_name`` runs on: ``per_sequence`` distinct ones (or all, if
-    fewer), drawn by a generator seeded by ``(seed, sequence name)``."""
-    rng = np.random.default_rng([seed, zlib.crc32(sequence_name.encode())])
-    return sorted(rng.choice(num_photos, size=min(per_sequence, num_photos), replace=False).tolist())
+def photos_for(sequence_index: int, num_photos: int, per_sequence: int, seed: int) -> list[int]:
+    """Indices of the photos the ``sequence_index``-th sequence runs on: ``per_sequence`` distinct ones (all, if
+    fewer), consecutive sequences taking the next photos of a seeded shuffle, so the sequences share no photo
+    until all photos are used."""
+    order = np.random.default_rng([seed, zlib.crc32(b"photos")]).permutation(num_photos)
+    count = min(per_sequence, num_photos)
+    return [int(order[(sequence_index * count + j) % num_photos]) for j in range(count)]
 
 
 def run_benchmark(

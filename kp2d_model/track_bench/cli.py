@@ -96,13 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--photos", type=Path, help="folder of photos (default: the project's held-out photos)")
     parser.add_argument("--seed", type=int, default=0, help="photo choice and sensor noise seed (default 0)")
-    parser.add_argument("--frames", type=_frames, default=60, help="frames per sequence (default 60, 2 s at 30 fps)")
+    parser.add_argument("--frames", type=_frames, default=45, help="frames per sequence (default 45: 1.5 s at 30 fps)")
     parser.add_argument("--fps", type=_positive_float, default=30.0, help="camera frame rate (default 30)")
     parser.add_argument(
         "--sequence", action="append", choices=SEQUENCE_NAMES, help="repeatable (default: all of them)"
     )
     parser.add_argument(
-        "--photos-per-sequence", type=_positive_int, default=2, help="each sequence runs on this many photos (2)"
+        "--photos-per-sequence", type=_positive_int, default=1, help="each sequence runs on this many photos (1)"
     )
     parser.add_argument("--resolution", type=_resolution, default=(640, 480), help="frame size (default 640x480)")
     parser.add_argument(
@@ -173,7 +173,7 @@ def build_front_ends(args: argparse.Namespace) -> dict:
 def _sequences(args: argparse.Namespace, photos: list, progress: bool):
     names = args.sequence or list(SEQUENCE_NAMES)
     for name in names:
-        for index in photos_for(name, len(photos), args.photos_per_sequence, args.seed):
+        for index in photos_for(SEQUENCE_NAMES.index(name), len(photos), args.photos_per_sequence, args.seed):
             photo = photos[index]
             sequence = make_sequence(
                 read_photo(photo.path), name, args.frames, args.resolution, args.fps, args.seed, photo.name

@@ -65,28 +65,30 @@ def _pan(s: float, period: float = 4.0) -> np.ndarray:
 
 
 def _exposure_gain(s: float) -> float:
-    """Steps (x2 at 0.5 s, x0.5 at 1 s), then a ramp down to x0.35 and back (auto-exposure catching up)."""
-    cycle = s % 3.0
-    if cycle < 0.5:
+    """Steps (x2 at 0.25 s, x0.5 at 0.5 s), then a ramp down to x0.35 and back up by 1.5 s (auto-exposure
+    catching up); repeats every 1.5 s."""
+    cycle = s % 1.5
+    if cycle < 0.25:
         return 1.0
-    if cycle < 1.0:
+    if cycle < 0.5:
         return 2.0
-    if cycle < 1.5:
+    if cycle < 0.75:
         return 0.5
-    return float(1.0 - 0.65 * np.sin(np.pi * (cycle - 1.5) / 1.5))
+    return float(1.0 - 0.65 * np.sin(np.pi * (cycle - 0.75) / 0.75))
 
 
 def _low_texture_contrast(s: float) -> float:
-    """Full contrast, then down to 12 % between 0.5 s and 1 s, 1.5 s of low texture, back up by 3 s."""
-    cycle = s % 3.5
-    if cycle < 0.5:
+    """Full contrast, down to 12 % between 0.25 s and 0.5 s, 0.5 s of low texture, back up by 1.25 s; repeats
+    every 1.5 s."""
+    cycle = s % 1.5
+    if cycle < 0.25:
         return 1.0
+    if cycle < 0.5:
+        return float(1.0 - 0.88 * (cycle - 0.25) / 0.25)
     if cycle < 1.0:
-        return float(1.0 - 0.88 * (cycle - 0.5) / 0.5)
-    if cycle < 2.5:
         return 0.12
-    if cycle < 3.0:
-        return float(0.12 + 0.88 * (cycle - 2.5) / 0.5)
+    if cycle < 1.25:
+        return float(0.12 + 0.88 * (cycle - 1.0) / 0.25)
     return 1.0
 
 
@@ -112,8 +114,12 @@ MOTIONS: dict[str, Motion] = {
             lambda s: _pan(s, 2.0) + np.array([0, 0, 0.25 * _wave(s, 2.0, 0.5), 0, 0, 0]),
             exposure=0.8,
         ),
-        Motion("exposure", "slow pan; exposure steps (x2, x0.5) and ramps (down to x0.35)", lambda s: 0.5 * _pan(s),
-               gain=_exposure_gain),  # fmt: skip
+        Motion(
+            "exposure",
+            "slow pan; exposure steps (x2, x0.5) and a ramp (down to x0.35 and back), 1.5 s cycle",
+            lambda s: 0.5 * _pan(s),
+            gain=_exposure_gain,
+        ),
         Motion(
             "fast_rotation",
             "fast in-plane rotation (up to ~7 deg/frame), exposure 50 % of the period",
@@ -122,7 +128,7 @@ MOTIONS: dict[str, Motion] = {
         ),
         Motion(
             "low_texture",
-            "pan; contrast down to 12 % for 1.5 s (little texture left above the sensor noise)",
+            "pan; contrast down to 12 % for 0.5 s of each 1.5 s (little texture left above the sensor noise)",
             lambda s: 0.6 * _pan(s),
             contrast=_low_texture_contrast,
         ),
