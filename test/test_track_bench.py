@@ -185,6 +185,35 @@ def test_klt_is_configured_as_vins(pan_sequence):
     assert len(second.points) <= 150 and len(second.current_index) > 0.5 * len(first.points)
 
 
+def test_guided_matching_only_pairs_allowed_candidates():
+    from kp2d_model.matching import MatchingError, match_descriptors
+
+    desc = np.eye(4, dtype=np.float32)
+    allowed = np.ones((4, 4), bool)
+    allowed[1, 1] = False  # a's 1 may not take its identical twin: its next best is at distance sqrt(2)
+    allowed[3, :] = False  # a's 3 has no candidate at all
+    matches = match_descriptors(desc, desc, mutual=False, allowed=allowed)
+    np.testing.assert_array_equal(matches.index_a, [0, 1, 2])
+    np.testing.assert_array_equal(matches.index_b[[0, 2]], [0, 2])
+    assert matches.index_b[1] != 1 and matches.distance[1] == pytest.approx(np.sqrt(2))
+    mutual = match_descriptors(desc, desc, mutual=True, allowed=allowed)
+    np.testing.assert_array_equal(mutual.index_a, [0, 2])  # b's 1 prefers nobody allowed; b's 3 has only a's 3
+    with pytest.raises(MatchingError, match="allowed"):
+        match_descriptors(desc, desc, allowed=np.ones((3, 4), bool))
+
+
+def test_prediction_from_the_last_motion_keeps_the_tracks(pan_sequence):
+    plain, guided = RunResult(), RunResult()
+    run_sequence(build_front_end("sift"), pan_sequence, "every_frame", plain)
+    front_end = build_front_end("sift", MatchingSettings(prediction_radius=20.0))
+    run_sequence(front_end, pan_sequence, "every_frame", guided)
+    assert front_end._last_motion is not None  # predictions were used from the third frame on
+    plain_summary = summarize(plain.frames, plain.track_lengths, len(pan_sequence))
+    guided_summary = summarize(guided.frames, guided.track_lengths, len(pan_sequence))
+    assert guided_summary["precision"] >= plain_summary["precision"] - 0.01
+    assert guided_summary["correct_matches_per_frame"] >= 0.9 * plain_summary["correct_matches_per_frame"]
+
+
 def test_kp2d_precision_option_is_checked():
     with pytest.raises(FrontEndError, match="precision"):
         build_front_end("kp2d", precision="fp7")

@@ -98,9 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="photo choice and sensor noise seed (default 0)")
     parser.add_argument("--frames", type=_frames, default=45, help="frames per sequence (default 45: 1.5 s at 30 fps)")
     parser.add_argument("--fps", type=_positive_float, default=30.0, help="camera frame rate (default 30)")
-    parser.add_argument(
-        "--sequence", action="append", choices=SEQUENCE_NAMES, help="repeatable (default: all of them)"
-    )
+    parser.add_argument("--sequence", action="append", choices=SEQUENCE_NAMES, help="repeatable (default: all of them)")
     parser.add_argument(
         "--photos-per-sequence", type=_positive_int, default=1, help="each sequence runs on this many photos (1)"
     )

@@ -40,6 +40,7 @@ class MatchingSettings:
     max_distance: float = 0.0  # 0: off (kp2d only: an L2 distance between unit descriptors)
     geometry: str = "none"
     geometry_threshold: float = 3.0  # px
+    prediction_radius: float = 0.0  # px; > 0: guided matching around the last motion's prediction (not in the node)
 
 
 @dataclass
@@ -72,19 +73,27 @@ class DescriptorFrontEnd:
         self.reset()
 
     def reset(self) -> None:
-        """Forget the previous frame and the track ids (a new sequence)."""
+        """Forget the previous frame, the last motion and the track ids (a new sequence)."""
         self._previous: _Previous | None = None
+        self._last_motion: np.ndarray | None = None  # homography previous-but-one -> previous frame
         self._next_track_id = 1
 
     def detect(self, image_bgr: np.ndarray) -> tuple[np.ndarray, Any]:
         """-> points ``(N, 2)`` float32 px, descriptors ``(N, D)`` (any type ``match`` accepts)."""
         raise NotImplementedError
 
-    def match(self, descriptors_a: Any, descriptors_b: Any) -> tuple[np.ndarray, np.ndarray]:
-        """-> ``(index_a, index_b)`` int64 arrays of matched pairs."""
+    def match(
+        self, descriptors_a: Any, descriptors_b: Any, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """-> ``(index_a, index_b)`` int64 arrays of matched pairs (``allowed``: see ``match_descriptors``)."""
         s = self.settings
         matches = match_descriptors(
-            descriptors_a, descriptors_b, mutual=s.mutual, ratio=s.ratio or None, max_distance=s.max_distance or None
+            descriptors_a,
+            descriptors_b,
+            mutual=s.mutual,
+            ratio=s.ratio or None,
+            max_distance=s.max_distance or None,
+            allowed=allowed,
         )
         return _numpy_int64(matches.index_a), _numpy_int64(matches.index_b)
 
@@ -92,7 +101,12 @@ class DescriptorFrontEnd:
         points, descriptors = self.detect(image_bgr)
         previous = self._previous
         if previous is not None:
-            previous_index, current_index = self.match(previous.descriptors, descriptors)
+            allowed = None
+            if self.settings.prediction_radius > 0 and self._last_motion is not None:
+                predicted = _project(previous.points, self._last_motion)  # constant motion: same H again
+                gap = np.linalg.norm(predicted[:, None, :] - points[None, :, :], axis=2)
+                allowed = gap <= self.settings.prediction_radius
+            previous_index, current_index = self.match(previous.descriptors, descriptors, allowed)
         else:
             previous_index = current_index = np.zeros(0, np.int64)
         if previous is not None and self.settings.geometry != "none":
@@ -103,6 +117,15 @@ class DescriptorFrontEnd:
                 threshold=self.settings.geometry_threshold,
             )
             previous_index, current_index = previous_index[inlier], current_index[inlier]
+        if self.settings.prediction_radius > 0:
+            self._last_motion = None
+            if previous is not None:
+                self._last_motion, _ = verify_geometry(
+                    previous.points[previous_index],
+                    points[current_index],
+                    "homography",
+                    self.settings.geometry_threshold,
+                )
         tracks, self._next_track_id = carry_tracks(
             previous.tracks if previous is not None else None,
             len(points),
@@ -112,6 +135,11 @@ class DescriptorFrontEnd:
         )
         self._previous = _Previous(points, descriptors, tracks)
         return FrameResult(points, tracks, previous_index, current_index)
+
+
+def _project(points: np.ndarray, homography: np.ndarray) -> np.ndarray:
+    mapped = np.concatenate([points, np.ones((len(points), 1))], axis=1) @ homography.T
+    return mapped[:, :2] / mapped[:, 2:]
 
 
 def _numpy_int64(values: Any) -> np.ndarray:
@@ -179,9 +207,13 @@ class OpenCVFrontEnd(DescriptorFrontEnd):
         descriptors = descriptors[order]
         return points, descriptors if self.binary else descriptors.astype(np.float32)
 
-    def match(self, descriptors_a: Any, descriptors_b: Any) -> tuple[np.ndarray, np.ndarray]:
+    def match(
+        self, descriptors_a: Any, descriptors_b: Any, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         if not self.binary:
-            return super().match(descriptors_a, descriptors_b)
+            return super().match(descriptors_a, descriptors_b, allowed)
+        if allowed is not None:
+            raise FrontEndError("orb: guided matching (prediction_radius) is not implemented for binary descriptors")
         return match_binary(descriptors_a, descriptors_b, self.settings.mutual, self.settings.ratio or None)
 
 

@@ -40,7 +40,7 @@ def write_plots(
             axis.axhline(50, color="grey", lw=0.5, ls="--")
             axis.set_title(key, fontsize=9)
             axis.set_xlabel("frame")
-        for axis in axes.ravel()[len(keys):]:
+        for axis in axes.ravel()[len(keys) :]:
             axis.axis("off")
         axes[0, 0].set_ylabel("correct matches")
         axes[0, 0].legend(fontsize=8)

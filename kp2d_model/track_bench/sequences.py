@@ -225,6 +225,7 @@ def make_sequence(
 
     amplitude = 1.0
     for _ in range(40):
+
         def view(s: float, amplitude: float = amplitude) -> np.ndarray:
             return _view_homography(amplitude * motion.state(s), out_size, crop)
 
