@@ -31,6 +31,8 @@ VARIANTS = {
     "ratio 0.9": MatchingSettings(ratio=0.9),
     "geometry homography 3 px": MatchingSettings(geometry="homography"),
     "geometry fundamental 3 px": MatchingSettings(geometry="fundamental"),
+    "geometry homography 1 px": MatchingSettings(geometry="homography", geometry_threshold=1.0),
+    "geometry fundamental 1 px": MatchingSettings(geometry="fundamental", geometry_threshold=1.0),
     "prediction 40 px": MatchingSettings(prediction_radius=40.0),
     "prediction 40 px + fundamental": MatchingSettings(prediction_radius=40.0, geometry="fundamental"),
     "top_k 2000": MatchingSettings(top_k=2000),
@@ -66,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolution", default="640x480")
     parser.add_argument("--stride", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sequence", action="append", choices=SEQUENCE_NAMES, help="repeatable (default: all)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     size = tuple(int(v) for v in args.resolution.split("x"))
@@ -74,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {(name, rate): RunResult() for name in VARIANTS for rate in ("every_frame", f"every_{args.stride}")}
     load_before = os.getloadavg()
     for index, name in enumerate(SEQUENCE_NAMES):
+        if args.sequence and name not in args.sequence:
+            continue
         photo = photos[photos_for(index, len(photos), 1, args.seed)[0]]
         sequence = make_sequence(read_photo(photo.path), name, args.frames, size, 30.0, args.seed, photo.name)
         cache = {}
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     for (variant, rate), result in results.items():
         summary = summarize(result.frames, result.track_lengths, sum(result.frames_total.values()))
         by_sequence = {}
-        for name in SEQUENCE_NAMES:
+        for name in args.sequence or SEQUENCE_NAMES:
             records = [r for r in result.frames if r.sequence.startswith(name + "/")]
             by_sequence[name] = summarize(records, result.track_lengths_by_sequence.get(name, []), 1)
         rows.append({"variant": variant, "rate": rate, "summary": summary, "sequences": by_sequence})
