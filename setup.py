@@ -15,6 +15,7 @@ LIBRARY_COMMANDS = [
     "kp2d-make-hpatches = kp2d_model.evaluation.synthetic:main",
     "kp2d-train = kp2d_model.training.cli:main",
     "kp2d-evaluate = kp2d_model.evaluation.cli:main",
+    "kp2d-track-bench = kp2d_model.track_bench.cli:main",
 ]
 # ROS 2 executables (`ros2 run kp2d_ros <name>`; setup.cfg puts them in lib/kp2d_ros). train and evaluate are
 # the same tools as kp2d-train / kp2d-evaluate, taking (and ignoring) --ros-args.
@@ -23,6 +24,7 @@ ROS_EXECUTABLES = [
     "camera_sim = kp2d_ros.camera_sim:main",
     "train = kp2d_ros.train:main",
     "evaluate = kp2d_ros.evaluate:main",
+    "track_bench = kp2d_ros.track_bench:main",
     "demo = kp2d_ros.demo:main",
 ]
 # colcon (ament_python) runs `setup.py install` or `setup.py develop`, and every console script lands in

@@ -58,12 +58,16 @@ def match_descriptors(
     mutual: bool = True,
     ratio: float | None = None,
     max_distance: float | None = None,
+    allowed: Any = None,
 ) -> Matches:
     """Match ``desc_a (N, D)`` to ``desc_b (M, D)`` by nearest neighbour in L2 distance.
 
     mutual: keep a pair only if each is the other's nearest neighbour (cross-check).
     ratio: Lowe's ratio test, keep if ``d1 < ratio * d2`` (d2: second-nearest in ``desc_b``; a match with
         no second candidate passes). max_distance: keep if ``d1 <= max_distance``.
+    allowed: optional ``(N, M)`` bool (torch or NumPy): only these pairs are candidates (e.g. guided matching:
+        ``b`` near where ``a`` is predicted); nearest neighbours, mutual check and ratio test are taken among
+        the allowed pairs, and a row or column without any is left unmatched.
     """
     numpy_in = isinstance(desc_a, np.ndarray)
     if numpy_in != isinstance(desc_b, np.ndarray):
@@ -85,12 +89,17 @@ def match_descriptors(
             a, b = a.float(), b.float()
             # Squared L2 distances via one matrix product; square roots only for the selected neighbours.
             squared = (a * a).sum(1, keepdim=True) + (b * b).sum(1) - 2.0 * (a @ b.T)
+            if allowed is not None:
+                allowed = torch.as_tensor(allowed, dtype=torch.bool, device=a.device)
+                if allowed.shape != squared.shape:
+                    raise MatchingError(f"allowed: expected shape {tuple(squared.shape)}, got {tuple(allowed.shape)}")
+                squared = squared.masked_fill(~allowed, float("inf"))
             nearest = torch.topk(squared, k=min(2, b.shape[0]), dim=1, largest=False, sorted=True)
             nearest_distances = nearest.values.clamp_min(0).sqrt()
             index_a = torch.arange(a.shape[0], device=a.device)
             index_b = nearest.indices[:, 0]
             distance = nearest_distances[:, 0]
-            keep = torch.ones_like(index_a, dtype=torch.bool)
+            keep = torch.isfinite(distance) if allowed is not None else torch.ones_like(index_a, dtype=torch.bool)
             if mutual:
                 keep &= squared.argmin(dim=0)[index_b] == index_a
             if ratio is not None and b.shape[0] > 1:

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 require_ros()
 
 
-@pytest.mark.parametrize("name", ["detector", "camera_sim", "train", "evaluate"])
+@pytest.mark.parametrize("name", ["detector", "camera_sim", "train", "evaluate", "track_bench"])
 def test_executable_is_installed_for_ros2_run_with_the_venv_python(name):
     path = INSTALL_BIN / name
     assert path.is_file(), f"{path} missing (colcon build of kp2d_ros)"
@@ -27,10 +27,10 @@ def test_executable_is_installed_for_ros2_run_with_the_venv_python(name):
 def test_ros2_run_sees_each_tool_once():
     """lib/kp2d_ros holds the ROS executables only (the kp2d-* commands are pip's, in the environment's bin/)."""
     names = sorted(path.name for path in INSTALL_BIN.iterdir())
-    assert names == ["camera_sim", "demo", "detector", "evaluate", "train"], names
+    assert names == ["camera_sim", "demo", "detector", "evaluate", "track_bench", "train"], names
 
 
-@pytest.mark.parametrize(("name", "usage"), [("train", "usage:"), ("evaluate", "usage:")])
+@pytest.mark.parametrize(("name", "usage"), [("train", "usage:"), ("evaluate", "usage:"), ("track_bench", "usage:")])
 def test_train_and_evaluate_forward_to_the_model_library(name, usage):
     result = subprocess.run(
         [str(INSTALL_BIN / name), "--help", "--ros-args", "-r", "__ns:=/x"],
@@ -38,7 +38,11 @@ def test_train_and_evaluate_forward_to_the_model_library(name, usage):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert usage in result.stdout.lower()
-    module = {"train": "kp2d_model.training.cli", "evaluate": "kp2d_model.evaluation.cli"}[name]
+    module = {
+        "train": "kp2d_model.training.cli",
+        "evaluate": "kp2d_model.evaluation.cli",
+        "track_bench": "kp2d_model.track_bench.cli",
+    }[name]
     parser = import_module(module).build_parser()
     options = [option for action in parser._actions for option in action.option_strings]
     assert options and all(option in result.stdout for option in options), "the library's own --help"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -205,3 +206,30 @@ def test_installed_console_script_runs(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "wrote 2 sequences from 1 photos" in done.stdout
     assert (tmp_path / "out" / "i_coffee" / "H_1_6").read_text() == "1 0 0\n0 1 0\n0 0 1\n"
+
+
+def _rotation_deg(h: np.ndarray) -> float:
+    """In-plane rotation of a homography near its image centre (from the affine part at the centre)."""
+    return float(np.degrees(np.arctan2(h[1, 0] - h[2, 0] * h[1, 2], h[0, 0] - h[2, 0] * h[0, 2])))
+
+
+def test_strength_widens_rotation_and_tilt_and_1_is_the_ordinary_draw(tmp_path: Path) -> None:
+    photos = photos_in_folder(copy_photos(tmp_path / "photos", "astronaut.png"))
+    size = (160, 120)
+    options = {"seed": 3, "out_size": size, "kinds": "v", "crop_fraction": 0.4}  # room: nothing shrunk
+    ordinary = generate_benchmark(photos, tmp_path / "plain", **options)[0]
+    explicit = generate_benchmark(photos, tmp_path / "one", strength=1.0, **options)[0]
+    strong = generate_benchmark(photos, tmp_path / "strong", strength=1.6, **options)[0]
+    for name in [f"{k}.ppm" for k in range(1, 7)] + [f"H_1_{k}" for k in range(2, 7)]:
+        assert (ordinary / name).read_bytes() == (explicit / name).read_bytes()
+    assert "strength" not in (tmp_path / "plain" / "generation.json").read_text()
+    assert '"strength": 1.6' in (tmp_path / "strong" / "generation.json").read_text()
+    # same draw of directions: the strong sequence's image 6 rotates 1.6x as far (keystones perturb the estimate)
+    for out in ("plain", "strong"):
+        assert json.loads((tmp_path / out / "generation.json").read_text())["sequences"][0]["amplitude"] == 1.0
+    plain_angle = _rotation_deg(np.loadtxt(ordinary / "H_1_6"))
+    strong_angle = _rotation_deg(np.loadtxt(strong / "H_1_6"))
+    assert abs(plain_angle) > 10
+    assert strong_angle / plain_angle == pytest.approx(1.6, rel=0.15)
+    with pytest.raises(BenchmarkInputError, match="strength"):
+        generate_benchmark(photos, tmp_path / "bad", strength=0.0)

@@ -50,6 +50,7 @@ MAX_BRIGHTNESS = 50.0  # grey levels
 MAX_COLOUR_GAIN = 0.15  # per-channel gain in [0.85, 1.15]
 MAX_SHADOW = 0.7  # darkest shadow keeps 30 % of the light
 MAX_NOISE_SIGMA = 6.0  # grey levels
+STRONG_STRENGTH = 1.6  # ``--strength`` of the "strong viewpoint" draws reported in the docs
 
 
 class BenchmarkInputError(ValueError):
@@ -192,12 +193,20 @@ def view_quadrilateral(
 
 
 def _viewpoint_homographies(
-    rng: np.random.Generator, out_size: tuple[int, int], allowed: tuple[float, float, float, float]
+    rng: np.random.Generator,
+    out_size: tuple[int, int],
+    allowed: tuple[float, float, float, float],
+    strength: float = 1.0,
 ) -> tuple[list[np.ndarray], float]:
-    """H_1_k for k = 2..6 whose views of image k stay inside ``allowed`` (x0, y0, x1, y1, image-1 px)."""
+    """H_1_k for k = 2..6 whose views of image k stay inside ``allowed`` (x0, y0, x1, y1, image-1 px).
+
+    ``strength`` multiplies the full-strength in-plane rotation and keystones (tilts); the zoom range is kept.
+    """
     direction = rng.uniform(0.5, 1.0, 4) * rng.choice([-1.0, 1.0], 4)  # rotation, zoom, keystone x, keystone y
     shift = rng.uniform(-1.0, 1.0, 2)  # where the view drifts inside its feasible range
     full = np.array([np.deg2rad(MAX_ROTATION_DEG), np.log(MAX_ZOOM), MAX_KEYSTONE, MAX_KEYSTONE])
+    if strength != 1.0:  # the ordinary draw is left untouched (byte-identical files)
+        full = full * np.array([strength, 1.0, strength, strength])
     centre = np.array([(out_size[0] - 1) / 2, (out_size[1] - 1) / 2])
     low, high = np.array(allowed[:2]), np.array(allowed[2:])
     target = np.array([[0, 0], [out_size[0] - 1, 0], [out_size[0] - 1, out_size[1] - 1], [0, out_size[1] - 1]])
@@ -221,15 +230,20 @@ def _viewpoint_homographies(
 
 
 def make_viewpoint_sequence(
-    photo: np.ndarray, rng: np.random.Generator, out_size: tuple[int, int], crop_fraction: float
+    photo: np.ndarray,
+    rng: np.random.Generator,
+    out_size: tuple[int, int],
+    crop_fraction: float,
+    strength: float = 1.0,
 ) -> Sequence6:
-    """Image 1 = centre crop; image k = the full photo warped by H_1_k composed with the crop."""
+    """Image 1 = centre crop; image k = the full photo warped by H_1_k composed with the crop (``strength``:
+    see ``_viewpoint_homographies``)."""
     photo, crop = prepare_photo(photo, out_size, crop_fraction)
     photo_h, photo_w = photo.shape[:2]
     inset = 1.0  # photo px kept away from the edge so that bilinear sampling never reads the border fill
     corners = crop @ np.array([[inset, inset, 1.0], [photo_w - 1 - inset, photo_h - 1 - inset, 1.0]]).T
     allowed = (corners[0, 0], corners[1, 0], corners[0, 1], corners[1, 1])
-    homographies, amplitude = _viewpoint_homographies(rng, out_size, allowed)
+    homographies, amplitude = _viewpoint_homographies(rng, out_size, allowed, strength)
     images = [_warp(photo, crop, out_size)] + [_warp(photo, h @ crop, out_size) for h in homographies]
     return Sequence6(images, homographies, amplitude)
 
@@ -306,6 +320,7 @@ def generate_benchmark(
     crop_fraction: float = 0.7,
     kinds: str = "vi",
     overwrite: bool = False,
+    strength: float = 1.0,
 ) -> list[Path]:
     """Write one ``v_`` and/or one ``i_`` sequence per photo into ``out_dir``; returns the sequence folders.
 
@@ -314,6 +329,9 @@ def generate_benchmark(
     All or nothing: the sequences are written to a staging folder inside ``out_dir`` and moved into place only
     when every photo was read and every file written, so a corrupt photo (BenchmarkInputError naming it) or a
     full disk leaves ``out_dir`` as it was. A sequence name that exists as a symbolic link or a file is refused.
+    ``strength`` (> 0) multiplies the viewpoint sequences' full-strength in-plane rotation (30 deg) and tilts
+    (keystone 0.3); 1 is the ordinary draw (byte-identical to a run without it), 1.6 the "strong" one. A range
+    that does not fit in the photo is shrunk per sequence as usual (``amplitude`` in generation.json).
     """
     out_dir = Path(out_dir)
     if not photos:
@@ -322,6 +340,8 @@ def generate_benchmark(
         raise BenchmarkInputError(f"kinds must be made of 'v' (viewpoint) and 'i' (illumination), got {kinds!r}")
     if not 0.1 <= crop_fraction < 1.0:
         raise BenchmarkInputError(f"crop_fraction must be in [0.1, 1), got {crop_fraction}")
+    if not (np.isfinite(strength) and 0.0 < strength <= 3.0):
+        raise BenchmarkInputError(f"strength must be in (0, 3], got {strength}")
     if min(out_size) < 32 or max(out_size) > MAX_OUTPUT_SIDE:
         raise BenchmarkInputError(
             f"output size must be between 32x32 and {MAX_OUTPUT_SIDE}x{MAX_OUTPUT_SIDE} px, "
@@ -347,7 +367,7 @@ def generate_benchmark(
     except OSError as error:
         raise BenchmarkInputError(f"cannot write the output folder {out_dir}: {error.strerror or error}") from None
     try:
-        written = _generate_into(photos, out_dir, staging, seed, out_size, crop_fraction, kinds)
+        written = _generate_into(photos, out_dir, staging, seed, out_size, crop_fraction, kinds, strength)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return written
@@ -361,17 +381,20 @@ def _generate_into(
     out_size: tuple[int, int],
     crop_fraction: float,
     kinds: str,
+    strength: float,
 ) -> list[Path]:
     """:func:`generate_benchmark`'s work: every sequence into ``staging``, then all moved to ``out_dir``."""
 
-    makers = {"v": make_viewpoint_sequence, "i": make_illumination_sequence}
     written: list[Path] = []
     manifest: list[dict] = []
     for source in photos:
         photo = read_photo(source.path)
         for kind in sorted(set(kinds), key="vi".index):
             rng = np.random.default_rng([seed, zlib.crc32(f"{kind}_{source.name}".encode())])
-            sequence = makers[kind](photo, rng, out_size, crop_fraction)
+            if kind == "v":
+                sequence = make_viewpoint_sequence(photo, rng, out_size, crop_fraction, strength)
+            else:
+                sequence = make_illumination_sequence(photo, rng, out_size, crop_fraction)
             folder = out_dir / f"{kind}_{source.name}"
             try:
                 write_sequence(staging / folder.name, sequence)
@@ -392,6 +415,7 @@ def _generate_into(
         "width": out_size[0],
         "height": out_size[1],
         "crop_fraction": crop_fraction,
+        **({"strength": strength} if strength != 1.0 else {}),
         "versions": {"numpy": np.__version__, "opencv": cv2.__version__},
         "sequences": manifest,
     }
@@ -443,11 +467,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--crop-fraction", type=float, default=0.7, help="image 1's share of the photo (default 0.7)")
     parser.add_argument("--kinds", default="vi", help="'v' viewpoint, 'i' illumination or 'vi' (default)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    parser.add_argument(
+        "--strength",
+        type=float,
+        default=1.0,
+        help=f"viewpoint: multiply the in-plane rotation and tilt ranges (default 1; {STRONG_STRENGTH} = strong draw)",
+    )
     args = parser.parse_args(argv)
     try:
         photos = photos_in_folder(args.images) if args.images is not None else held_out_photos()
         written = generate_benchmark(
-            photos, args.out, args.seed, args.size, args.crop_fraction, args.kinds, args.overwrite
+            photos, args.out, args.seed, args.size, args.crop_fraction, args.kinds, args.overwrite, args.strength
         )
     except BenchmarkInputError as error:
         print(f"kp2d-make-hpatches: error: {error}", file=sys.stderr)
