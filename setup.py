@@ -16,6 +16,7 @@ LIBRARY_COMMANDS = [
     "kp2d-train = kp2d_model.training.cli:main",
     "kp2d-evaluate = kp2d_model.evaluation.cli:main",
     "kp2d-track-bench = kp2d_model.track_bench.cli:main",
+    "kp2d-export = kp2d_model.export:main",
 ]
 # ROS 2 executables (`ros2 run kp2d_ros <name>`; setup.cfg puts them in lib/kp2d_ros). train and evaluate are
 # the same tools as kp2d-train / kp2d-evaluate, taking (and ignoring) --ros-args.
@@ -36,7 +37,7 @@ setup(
     name=package_name,
     version="0.1.0",
     packages=find_packages(include=["kp2d_model", "kp2d_model.*", "kp2d_ros", "kp2d_ros.*"]),
-    package_data={"kp2d_model": ["weights/*.safetensors", "weights/*.json"]},
+    package_data={"kp2d_model": ["weights/*.safetensors", "weights/*.json", "weights/*.onnx"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),

@@ -216,31 +216,22 @@ def time_components(frames: list[Image], checkpoint: str, device: str, repeats: 
     return result
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_model = default_checkpoint_path() if default_checkpoint_path().is_file() else FIXTURE
-    parser.add_argument("--checkpoint", default=str(default_model))
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--frames", type=int, default=20, help="sequential frames")
-    parser.add_argument("--seconds", type=float, default=20.0, help="30 Hz stream duration")
-    parser.add_argument("--output", default=str(REPO_ROOT / "benchmarks" / "results" / "node.json"))
-    args = parser.parse_args()
-
-    camera = PhotoCamera(cv2.imread(str(default_photo())), (WIDTH, HEIGHT))
-    frames = [image_message(camera.render(camera.reference_to_frame(t)), "bgr8", 3, Header()) for t in range(8)]
-    components = time_components(frames, args.checkpoint, args.device, repeats=20)
-
+def run_node(args: argparse.Namespace, frames: list[Image], precision: str) -> tuple[dict, dict, list[int]]:
+    """Start the installed detector with ``precision`` (backend auto), run the sequential and 30 Hz phases."""
     namespace = f"/bench_{uuid.uuid4().hex[:6]}"
-    log = open(REPO_ROOT / "log" / "bench_node_detector.log", "wb") if (REPO_ROOT / "log").is_dir() else None  # noqa: SIM115
+    log = (
+        open(REPO_ROOT / "log" / f"bench_node_detector_{precision}.log", "wb") if (REPO_ROOT / "log").is_dir() else None
+    )  # noqa: SIM115, E501
     detector = subprocess.Popen(
         [str(DETECTOR), "--ros-args", "-r", f"__ns:={namespace}", "-p", f"model:={args.checkpoint}",
-         "-p", f"device:={args.device}", "-p", f"top_k:={TOP_K}", "-p", "image_qos:=reliable"],
+         "-p", f"device:={args.device}", "-p", f"top_k:={TOP_K}", "-p", "image_qos:=reliable",
+         "-p", f"precision:={precision}"],
         stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )  # fmt: skip
     rclpy.init()
     client = Client(namespace)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while client.publisher.get_subscription_count() == 0 or client.node.count_publishers(
             f"{namespace}/kp2d_detector/keypoints") == 0:  # fmt: skip
             if time.monotonic() > deadline or detector.poll() is not None:
@@ -254,14 +245,39 @@ def main() -> int:
         detector.wait(20)
         client.executor.shutdown()
         rclpy.try_shutdown()
+    return sequential, stream, client.keypoint_counts
 
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_model = default_checkpoint_path() if default_checkpoint_path().is_file() else FIXTURE
+    parser.add_argument("--checkpoint", default=str(default_model))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--frames", type=int, default=20, help="sequential frames")
+    parser.add_argument("--seconds", type=float, default=20.0, help="30 Hz stream duration")
+    parser.add_argument("--output", default=str(REPO_ROOT / "benchmarks" / "results" / "node.json"))
+    parser.add_argument(
+        "--precision", action="append", help="node precision parameter, repeatable, one node after the other "
+        "(default: fp32 then auto); the top-level figures are the last one's"
+    )  # fmt: skip
+    args = parser.parse_args()
+    args.precision = args.precision or ["fp32", "auto"]
+
+    camera = PhotoCamera(cv2.imread(str(default_photo())), (WIDTH, HEIGHT))
+    frames = [image_message(camera.render(camera.reference_to_frame(t)), "bgr8", 3, Header()) for t in range(8)]
+    components = time_components(frames, args.checkpoint, args.device, repeats=20)
+
+    runs = {precision: run_node(args, frames, precision) for precision in args.precision}
+    sequential, stream, keypoint_counts = runs[args.precision[-1]]
     result = {
         "resolution": f"{WIDTH}x{HEIGHT}",
         "top_k": TOP_K,
-        "keypoints_per_frame_mean": float(np.mean(client.keypoint_counts)) if client.keypoint_counts else 0.0,
+        "keypoints_per_frame_mean": float(np.mean(keypoint_counts)) if keypoint_counts else 0.0,
+        "precision": args.precision[-1],
         "sequential": sequential,
         "components_in_process": components,
         "stream_30hz": stream,
+        "by_precision": {name: {"sequential": run[0], "stream_30hz": run[1]} for name, run in runs.items()},
         "environment": {
             "cpu_count": os.cpu_count(),
             "load_average_1m_at_end": os.getloadavg()[0],
@@ -287,6 +303,12 @@ def main() -> int:
           f"latency mean {latency.get('mean_ms', float('nan')):.0f} ms (first third "
           f"{stream['latency_first_third_mean_ms'] or float('nan'):.0f}, last third "
           f"{stream['latency_last_third_mean_ms'] or float('nan'):.0f})")  # fmt: skip
+    if len(runs) > 1:
+        rates = {name: run[1]["processed"] for name, run in runs.items()}
+        base = rates[args.precision[0]]
+        print("30 Hz stream, frames processed: " + ", ".join(
+            f"{name} {count} ({count / base:.2f}x {args.precision[0]})" if base else f"{name} {count}"
+            for name, count in rates.items()))  # fmt: skip
     print(f"wrote {args.output}")
     return 0
 

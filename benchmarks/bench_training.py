@@ -37,6 +37,7 @@ VARIANTS = {
     "channels_last": ["train.amp=off", "train.channels_last=true"],
     "bf16": ["train.amp=bf16", "train.channels_last=false"],
     "bf16_channels_last": ["train.amp=bf16", "train.channels_last=true"],
+    "fp16": ["train.amp=fp16", "train.channels_last=false"],  # CUDA (benchmarks/gpu_check.sh)
 }
 ORIGINAL_SECONDS = {"8x240x320": (12.6, 15.0), "4x120x160": (1.0, 1.0)}  # kp2d-reference.md, 2 CPU threads
 

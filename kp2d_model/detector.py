@@ -11,13 +11,16 @@ mapped back to the input image.
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import logging
 import numbers
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -27,9 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from kp2d_model import engines
 from kp2d_model.checkpoint import CheckpointError, default_checkpoint_path, load_keypoint_net
-from kp2d_model.image import ImageFormatError, normalize_image, to_bgr
-from kp2d_model.networks import KeypointNet, KeypointResnet, sample_descriptors
+from kp2d_model.engines import BackendName, DenseHeads, EngineChoice, EngineError, Precision
+from kp2d_model.image import ImageFormatError, to_bgr
+from kp2d_model.networks import KeypointNet, KeypointResnet, border_mask, cell_keypoints, sample_descriptors
 
 __all__ = [
     "Detections",
@@ -39,6 +44,9 @@ __all__ = [
     "resolve_device",
     "sample_conv3x3_descriptors",
 ]
+
+LOG = logging.getLogger("kp2d_model.detector")
+CALIBRATION_SIZE = (640, 480)  # (W, H) the INT8 calibration photos are resized to (then input_scale applies)
 
 
 @dataclass
@@ -169,13 +177,28 @@ def to_image_pixels(xy: torch.Tensor, network_size: tuple[int, int], image_size:
     return torch.minimum(xy.clamp_min(0), xy.new_tensor([width - 1, height - 1]))
 
 
-def _half_dtype(half: bool | str) -> torch.dtype | None:
+def agreement_check_image(channels: int = 3, size: tuple[int, int] = (192, 256)) -> np.ndarray:
+    """A fixed ``(1, H, W, C)`` uint8 test image (smooth noise, discs and bars; the same on every machine)."""
+    rng = np.random.default_rng(20260)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (*size, 3), dtype=np.uint8), (0, 0), 2)
+    for _ in range(24):
+        x, y = int(rng.integers(0, size[1])), int(rng.integers(0, size[0]))
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        cv2.circle(image, (x, y), int(rng.integers(4, 24)), color, -1)
+        cv2.line(image, (x, y), (x + int(rng.integers(-40, 40)), y + int(rng.integers(-40, 40))), color[::-1], 2)
+    if channels == 1:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[:, :, None]
+    return image[None]
+
+
+def _half_precision(half: bool | str) -> Precision | None:
+    """The legacy ``half`` argument as a precision (None: off)."""
     if half is False or half is None:
         return None
     if half is True or half == "fp16":
-        return torch.float16
+        return Precision.FP16
     if half == "bf16":
-        return torch.bfloat16
+        return Precision.BF16
     raise ValueError(f"half must be False, True, 'fp16' or 'bf16', got {half!r}")
 
 
@@ -193,12 +216,22 @@ class KeypointDetector:
 
     Args:
         checkpoint: a checkpoint path (released ``.ckpt``, project ``.safetensors``, trainer ``.pt``), a
-            loaded KeypointNet/KeypointResnet module, or None for the bundled default model.
+            loaded KeypointNet/KeypointResnet module, an exported ``.onnx`` (``kp2d-export``; its metadata gives
+            stride, channels, precision), or None for the bundled default model.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:0"``, ...
         top_k: keep at most this many keypoints per image (None or <= 0: all).
         score_threshold: keep keypoints with ``score > score_threshold`` (0 drops the zeroed border cells).
         nms_radius: cell-level non-maximum suppression radius in cells (0: off), max-pool based.
-        half: ``True``/``"fp16"`` or ``"bf16"``: autocast on CUDA (ignored with a warning on the CPU).
+        precision: arithmetic of the network: ``"fp32"`` (the exact reference), ``"bf16"``, ``"fp16"`` (CUDA),
+            ``"int8"`` (needs ``calibration``) or ``"auto"`` (the fastest setting measured to keep quality on
+            this machine; logged). Coordinates, scores and descriptor normalisation stay float32 in every case.
+        backend: the engine: ``"auto"``, ``"torch"``, ``"onnxruntime"``, ``"openvino"`` or ``"tensorrt"``
+            (kp2d_model.engines lists what each runs). Invalid pairs raise EngineError here.
+        calibration: INT8 calibration photos: a folder of training photos or a list of uint8 BGR images
+            (never benchmark photos), or None; resized to 640x480. The INT8 graph is cached
+            (``$KP2D_ENGINE_CACHE``, default ``~/.cache/kp2d``). The bundled default model ships one
+            (calibrated on its training photos), so ``precision="int8"``/``"auto"`` need no photos for it.
+        half: legacy: ``True``/``"fp16"`` or ``"bf16"``: autocast on CUDA (ignored with a warning on the CPU).
         input_size: ``(W, H)``: resize every image to this size first (coordinates still reported in the
             input image's pixels); None: run at the native size, padded to the network's stride.
         input_scale: resize every image by this factor first (e.g. 2.0: a 320x240 image runs as 640x480;
@@ -220,8 +253,15 @@ class KeypointDetector:
         half: bool | str = False,
         input_size: tuple[int, int] | None = None,
         input_scale: float | None = None,
+        precision: str = "fp32",
+        backend: str = "auto",
+        calibration: str | os.PathLike | Sequence[np.ndarray] | None = None,
     ):
         self.device = resolve_device(device)
+        if isinstance(checkpoint, str | os.PathLike) and str(checkpoint).endswith(".onnx"):
+            self._init_from_export(checkpoint, top_k, score_threshold, nms_radius, input_size, input_scale,
+                                   precision, backend)  # fmt: skip
+            return
         if isinstance(checkpoint, nn.Module):
             network = checkpoint.to(self.device).eval()
         else:
@@ -234,27 +274,19 @@ class KeypointDetector:
                         "or trainer .pt)"
                     )
             network = load_keypoint_net(checkpoint, device=self.device)
-        if nms_radius < 0 or int(nms_radius) != nms_radius:
-            raise ValueError(f"nms_radius must be a non-negative integer (cells), got {nms_radius!r}")
-        if input_size is not None and (len(input_size) != 2 or any(int(v) != v or v < 1 for v in input_size)):
-            raise ValueError(f"input_size must be (width, height) in pixels, got {input_size!r}")
-        if input_scale is not None:
-            input_scale = check_input_scale(input_scale)
-            if input_size is not None:
-                raise ValueError("give input_size or input_scale, not both")
+        self._set_selection(top_k, score_threshold, nms_radius, input_size, input_scale)
         self.network = network
-        self.top_k = top_k
-        self.score_threshold = float(score_threshold)
-        self.nms_radius = int(nms_radius)
-        self.input_size = None if input_size is None else (int(input_size[0]), int(input_size[1]))
-        self.input_scale = None if input_scale == 1.0 else input_scale
-        self.half_dtype = _half_dtype(half)
-        if self.half_dtype is not None and self.device.type != "cuda":
-            warnings.warn("KeypointDetector: half precision is only used on CUDA; running float32", stacklevel=2)
-            self.half_dtype = None
+        half_precision = _half_precision(half)
+        if half_precision is not None and Precision(str(precision).lower()) == Precision.FP32:
+            if self.device.type == "cuda":
+                precision = half_precision
+            else:
+                warnings.warn("KeypointDetector: half precision is only used on CUDA; running float32", stacklevel=2)
         self.stride = 32 if isinstance(network, KeypointResnet) else 8
+        self.cell, self.cross_ratio = int(network.cell), float(network.cross_ratio)
         self.grey_input = not getattr(network, "use_color", True)  # 1-channel networks get cv2 BGR2GRAY
         self.align_corners = not isinstance(network, KeypointResnet)
+        self._descriptor_dim = int(network.descriptor_dim)
         # BatchNorm folded, dropout removed: no train/eval-dependent layer is left, so the train-mode forward
         # is the eval computation returning the dense descriptor map instead of sampling it at every cell.
         self._trunk = fuse_batchnorm(network).to(memory_format=torch.channels_last).train()
@@ -263,6 +295,169 @@ class KeypointDetector:
         if isinstance(network, KeypointNet):
             self._descriptor_conv = self._trunk.convFbb
             self._trunk.convFbb = nn.Identity()
+        self._bundled_int8 = engines.bundled_int8_graph(checkpoint if not isinstance(checkpoint, nn.Module) else None)
+        int8_ready = calibration is not None or self._bundled_int8 is not None
+        self.engine_choice = engines.resolve_engine(precision, backend, self.device, int8_ready=int8_ready)
+        self.engine = self._build_engine(self.engine_choice, calibration)
+        if engines.parse_choice(Precision, precision, "precision") is Precision.AUTO:
+            self._check_auto_choice()
+        LOG.info("KeypointDetector: %s", self.engine_choice)
+
+    def _check_auto_choice(self) -> None:
+        """``precision="auto"``: check on a fixed synthetic 256x192 image that the chosen engine's keypoints agree
+        with float32's (>= 90 % of the 100 best cells within 1 px); else fall back to torch fp32 (one log line)."""
+        if self.engine_choice.precision is Precision.FP32 and self.engine_choice.backend is BackendName.TORCH:
+            return
+        image = agreement_check_image(1 if self.grey_input else 3)
+        reference = engines.TorchBackend(self.dense_heads(), self.device, Precision.FP32).forward(image)
+        found = self.engine.forward(image)
+        best = reference.score.flatten().topk(100).indices
+        shift_px = (found.center_shift - reference.center_shift).abs().amax(dim=1).flatten()[best]
+        shift_px = shift_px * self.cross_ratio * (self.cell - 1) / 2  # tanh shift -> pixels
+        within = float((shift_px <= 1.0).float().mean())
+        if within >= 0.9:
+            self.engine_choice = replace(self.engine_choice, reason=f"{self.engine_choice.reason}; "
+                                         f"{within:.0%} of check keypoints within 1 px of fp32")  # fmt: skip
+            return
+        rejected = self.engine_choice
+        self.engine_choice = EngineChoice(
+            BackendName.TORCH, Precision.FP32, f"{rejected.backend.value} {rejected.precision.value} failed the "
+            f"agreement check ({within:.0%} of keypoints within 1 px of fp32)"
+        )  # fmt: skip
+        if getattr(self, "_descriptor_conv_fp32", None) is not None:
+            self._descriptor_conv = self._descriptor_conv_fp32
+        self.engine = engines.TorchBackend(self.dense_heads(), self.device, Precision.FP32)
+
+    def _set_selection(self, top_k, score_threshold, nms_radius, input_size, input_scale) -> None:  # noqa: ANN001
+        if nms_radius < 0 or int(nms_radius) != nms_radius:
+            raise ValueError(f"nms_radius must be a non-negative integer (cells), got {nms_radius!r}")
+        if input_size is not None and (len(input_size) != 2 or any(int(v) != v or v < 1 for v in input_size)):
+            raise ValueError(f"input_size must be (width, height) in pixels, got {input_size!r}")
+        if input_scale is not None:
+            input_scale = check_input_scale(input_scale)
+            if input_size is not None:
+                raise ValueError("give input_size or input_scale, not both")
+        self.top_k = top_k
+        self.score_threshold = float(score_threshold)
+        self.nms_radius = int(nms_radius)
+        self.input_size = None if input_size is None else (int(input_size[0]), int(input_size[1]))
+        self.input_scale = None if input_scale == 1.0 else input_scale
+
+    def export_metadata(self, precision: Precision = Precision.FP32, descriptor_conv: str = "separate") -> dict:
+        """What an exported graph of this detector's network says about itself (read back on load)."""
+        return {
+            "stride": self.stride,
+            "cell": self.cell,
+            "cross_ratio": self.cross_ratio,
+            "channels": 1 if self.grey_input else 3,
+            "channel_order": "grey" if self.grey_input else "bgr",
+            "descriptor_dim": self.descriptor_dim,
+            "align_corners": self.align_corners,
+            "network": type(self.network).__name__,
+            "precision": Precision(precision).value,
+            "descriptor_conv": descriptor_conv,  # "separate": the detector runs KeyPointNet's last conv itself
+            "input": "uint8 (B, H, W, C), H and W multiples of stride",
+            "outputs": "score (B,1,H/8,W/8) sigmoid without border mask; center_shift (B,2,H/8,W/8) tanh; "
+            "features (B,C,h,w)",
+        }
+
+    def dense_heads(self, with_descriptor_conv: bool = False) -> DenseHeads:
+        """The graph the engines run (a copy holding KeyPointNet's last descriptor conv when asked)."""
+        trunk = self._trunk
+        conv = self._descriptor_conv or getattr(self, "_descriptor_conv_fp32", None)
+        if with_descriptor_conv and conv is not None:
+            trunk = copy.deepcopy(self._trunk)
+            trunk.convFbb = conv
+        return DenseHeads(trunk)
+
+    def _build_engine(self, choice: EngineChoice, calibration: object) -> engines.Backend:
+        if choice.backend is BackendName.TORCH:
+            return engines.TorchBackend(self.dense_heads(), self.device, choice.precision)
+        # The engines run the whole network, KeyPointNet's last descriptor conv included: in a reduced-precision
+        # engine the dense conv costs less than the float32 conv at the keypoints (docs/inference.md, "Engines").
+        self._descriptor_conv_fp32, self._descriptor_conv = self._descriptor_conv, None
+        options = {"device": self.device, "precision": choice.precision, "threads": torch.get_num_threads()}
+        if choice.precision is Precision.INT8 and calibration is None:
+            return engines.BACKENDS[choice.backend](onnx_path=self._bundled_int8, **options)
+        with tempfile.TemporaryDirectory(prefix="kp2d-engine-") as workdir:
+            onnx_path = engines.export_onnx(
+                self.dense_heads(with_descriptor_conv=True),
+                Path(workdir) / "dense_heads.onnx",
+                self.export_metadata(descriptor_conv="included"),
+                channels=1 if self.grey_input else 3,
+            )
+            if choice.precision is Precision.INT8:
+                batches = [image[None] for image in self.calibration_batches(calibration)]
+                onnx_path = engines.cached_int8_graph(onnx_path, batches)
+            if choice.backend is BackendName.TENSORRT:  # the engine is built once and cached next to the graph
+                onnx_path = engines.cache_dir() / f"dense_heads_{engines.file_sha256(onnx_path)[:16]}.onnx"
+                if not onnx_path.is_file():
+                    shutil.copyfile(Path(workdir) / "dense_heads.onnx", onnx_path)
+            return engines.BACKENDS[choice.backend](onnx_path=onnx_path, **options)
+
+    def calibration_batches(self, calibration: object) -> list[np.ndarray]:
+        """INT8 calibration inputs ``(480, 640, C)`` uint8: each photo resized to 640x480 (INTER_AREA; the same
+        graph then runs at any size and ``input_scale``). ``calibration``: a folder of photos or a list of uint8
+        BGR images."""
+        if isinstance(calibration, str | os.PathLike):
+            folder = Path(calibration)
+            if not folder.is_dir():
+                raise EngineError(f"calibration folder {folder} does not exist")
+            paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+            images = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
+            images = [image for image in images if image is not None]
+        else:
+            images = [to_bgr(image, "bgr", name=f"calibration[{i}]") for i, image in enumerate(calibration)]
+        if not images:
+            raise EngineError(f"no calibration photos found in {calibration!r}")
+        batches = []
+        for image in images:
+            resized = cv2.resize(image, CALIBRATION_SIZE, interpolation=cv2.INTER_AREA)  # a multiple of 32
+            batches.append(cv2.cvtColor(resized, cv2.COLOR_BGR2GRAY)[:, :, None] if self.grey_input else resized)
+        return batches
+
+    def _init_from_export(self, path, top_k, score_threshold, nms_radius, input_size, input_scale, precision, backend):  # noqa: ANN001, E501
+        """A detector on an exported graph (``kp2d-export``): the file's metadata gives stride, channels,
+        descriptor size and precision; the descriptor map comes dense from the graph."""
+        metadata = engines.read_onnx_metadata(path)
+        if metadata.get("descriptor_conv") != "included":
+            raise EngineError(f"{path}: exported without the descriptor head's last conv; export with kp2d-export")
+        self._set_selection(top_k, score_threshold, nms_radius, input_size, input_scale)
+        self.network = None
+        self.stride, self.cell = int(metadata["stride"]), int(metadata["cell"])
+        self.cross_ratio, self.grey_input = float(metadata["cross_ratio"]), int(metadata["channels"]) == 1
+        self.align_corners, self._descriptor_dim = bool(metadata["align_corners"]), int(metadata["descriptor_dim"])
+        self._descriptor_conv = None
+        file_precision = Precision(metadata["precision"])
+        requested = engines.parse_choice(Precision, precision, "precision")
+        if requested in (Precision.AUTO, Precision.FP32) or requested is file_precision:
+            requested = file_precision if requested is Precision.FP32 or file_precision is Precision.INT8 else requested
+        backend_name = engines.parse_choice(BackendName, backend, "backend")
+        if backend_name is BackendName.TORCH:
+            raise EngineError(f"{path}: an exported graph runs on onnxruntime, openvino or tensorrt, not torch")
+        if requested is Precision.AUTO:
+            self.engine_choice = engines.resolve_engine(Precision.AUTO, backend_name, self.device)
+            if self.engine_choice.backend is BackendName.TORCH:
+                self.engine_choice = engines.resolve_engine(file_precision, BackendName.AUTO, self.device, True)
+        else:
+            if backend_name is BackendName.AUTO:
+                backend_name = BackendName.OPENVINO if engines._installed("openvino") else BackendName.ONNXRUNTIME
+            self.engine_choice = engines.resolve_engine(requested, backend_name, self.device, int8_ready=True)
+        if file_precision is Precision.INT8 and self.engine_choice.precision is not Precision.INT8:
+            raise EngineError(f"{path} is an INT8 graph; it runs as precision int8, not {self.engine_choice.precision}")
+        self.engine = engines.BACKENDS[self.engine_choice.backend](
+            onnx_path=Path(path), device=self.device, precision=self.engine_choice.precision,
+            threads=torch.get_num_threads(),
+        )  # fmt: skip
+        LOG.info("KeypointDetector: %s from %s", self.engine_choice, path)
+
+    @property
+    def precision(self) -> Precision:
+        return self.engine_choice.precision
+
+    @property
+    def backend(self) -> BackendName:
+        return self.engine_choice.backend
 
     # Refuse images whose network input (after scaling and padding) has more pixels than this (None: no limit).
     # Memory grows with these pixels (~300 bytes each for KeyPointNet on the CPU), not with the image's own.
@@ -270,7 +465,7 @@ class KeypointDetector:
 
     @property
     def descriptor_dim(self) -> int:
-        return int(self.network.descriptor_dim)
+        return self._descriptor_dim
 
     def network_pixels(self, width: int, height: int) -> int:
         """Pixels the network processes for a ``width x height`` image (after ``input_size``/``input_scale``
@@ -326,20 +521,20 @@ class KeypointDetector:
             padded = cv2.cvtColor(padded, cv2.COLOR_BGR2GRAY)[:, :, None]
         return _Prepared(padded, (w, h), (width, height))
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.half_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.half_dtype)
-
     def _run_trunk(self, batch_bgr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(B, H, W, C)`` uint8 BGR (or grey, C = 1), H and W multiples of the stride -> float32 score, coord and
-        the dense map before ``self._descriptor_conv`` (when set; else the dense descriptor map)."""
-        tensor = torch.from_numpy(batch_bgr).to(self.device, non_blocking=True)
-        tensor = tensor.permute(0, 3, 1, 2).float().div_(255.0)
-        tensor = normalize_image(tensor).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), self._autocast():
-            score, coord, features = self._trunk(tensor)
-        return score.float(), coord.float(), features.float()
+        the dense map before ``self._descriptor_conv`` (when set; else the dense descriptor map).
+
+        The engine returns the heads' raw outputs; the border mask and the pixel coordinates are computed
+        here in float32 whatever the engine's precision (bf16 cannot hold pixel positions: 8 mantissa bits)."""
+        dense = self.engine.forward(batch_bgr)
+        height, width = batch_bgr.shape[1:3]
+        with torch.inference_mode():
+            score, center_shift = dense.score.float(), dense.center_shift.float()
+            cells_h, cells_w = score.shape[2:]
+            score = score * border_mask(cells_h, cells_w, score.dtype, score.device)
+            coord = cell_keypoints(center_shift, self.cell, self.cross_ratio, height, width)
+        return score, coord, dense.features.float()
 
     def run_dense(self, batch_bgr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The inference network's full output for a prepared batch (see ``_run_trunk``): float32 score

@@ -119,9 +119,10 @@ class KeypointNet(nn.Module):
     def descriptor_dim(self) -> int:
         return 256
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x: ``(B, C, H, W)`` normalised image -> ``(score, coord, desc)`` (see module docstring)."""
-        _, _, height, width = x.shape
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: ``(B, C, H, W)`` normalised image -> the heads' raw outputs: score ``(B, 1, Hc, Wc)`` (sigmoid,
+        border cells not yet zeroed), center shift ``(B, 2, Hc, Wc)`` (tanh, in [-1, 1]) and the dense
+        descriptor map ``(B, 256, H/4, W/4)`` (unnormalised). No pixel-coordinate arithmetic happens here."""
         act, drop = self.relu, self.dropout
 
         x = drop(act(self.conv1b(act(self.conv1a(x)))))
@@ -131,19 +132,21 @@ class KeypointNet(nn.Module):
         skip = drop(act(self.conv3b(act(self.conv3a(x)))))
         x = self.pool(skip)
         x = drop(act(self.conv4b(act(self.conv4a(x)))))
-        _, _, cells_h, cells_w = x.shape
 
         score = self.convDb(drop(act(self.convDa(x)))).sigmoid()
-        score = score * border_mask(cells_h, cells_w, score.dtype, score.device)
-
         center_shift = self.convPb(drop(act(self.convPa(x)))).tanh()
-        coord = cell_keypoints(center_shift, self.cell, self.cross_ratio, height, width)
-
         feat = drop(act(self.convFa(x)))
         if self.do_upsample:
             feat = torch.cat([self.upsample(self.convFb(feat)), skip], dim=1)
-        feat = self.convFbb(act(self.convFaa(feat)))
+        return score, center_shift, self.convFbb(act(self.convFaa(feat)))
 
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: ``(B, C, H, W)`` normalised image -> ``(score, coord, desc)`` (see module docstring)."""
+        _, _, height, width = x.shape
+        score, center_shift, feat = self.heads(x)
+        _, _, cells_h, cells_w = score.shape
+        score = score * border_mask(cells_h, cells_w, score.dtype, score.device)
+        coord = cell_keypoints(center_shift, self.cell, self.cross_ratio, height, width)
         if self.training:
             return score, coord, feat
         return score, coord, sample_descriptors(feat, coord, height, width, align_corners=True)
@@ -287,9 +290,14 @@ class KeypointResnet(nn.Module):
     def descriptor_dim(self) -> int:
         return 64
 
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The heads' raw outputs (score without the border mask, tanh center shift, dense descriptor map);
+        see :meth:`KeypointNet.heads`."""
+        return self.decoderK(self.encoderK(x))
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         _, _, height, width = x.shape
-        score, center_shift, feat = self.decoderK(self.encoderK(x))
+        score, center_shift, feat = self.heads(x)
         _, _, cells_h, cells_w = score.shape
         score = score * border_mask(cells_h, cells_w, score.dtype, score.device)
         coord = cell_keypoints(center_shift, self.cell, self.cross_ratio, height, width)

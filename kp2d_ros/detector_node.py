@@ -37,6 +37,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from kp2d_model import CheckpointError, KeypointDetector, match_descriptors, verify_geometry
 from kp2d_model.checkpoint import default_checkpoint_path
+from kp2d_model.engines import BackendName, Precision
 from kp2d_ros.camera_model import CameraInfoError, check_camera_info, normalized_coordinates
 from kp2d_ros.conversions import BACKEND, ConvertedImage, ImageInputError, compressed_to_array, image_to_array
 from kp2d_ros.debug_image import draw_debug_image
@@ -60,6 +61,8 @@ __all__ = ["DetectorNode", "main"]
 GEOMETRY_MODELS = ("none", "homography", "fundamental")
 IMAGE_QOS = ("sensor_data", "reliable")
 CAMERA_INFO_SYNC = ("exact", "approximate", "latest")
+PRECISIONS = tuple(p.value for p in Precision)
+BACKENDS = tuple(b.value for b in BackendName)
 WARN_PERIOD_S = 5.0
 FRAME_LOSS_CHECK_PERIOD_S = 1.0
 FRAME_LOSS_DOCS = "docs/ros.md, 'Large images over Fast DDS'"
@@ -100,6 +103,12 @@ PARAMETERS: dict[str, tuple[Any, str, dict[str, Any]]] = {
     "model": ("", "checkpoint path (.ckpt/.safetensors/.pt); empty: the bundled default model", {"read_only": True}),
     "device": ("auto", "torch device: auto (CUDA when present), cpu, cuda, cuda:N", {"read_only": True}),
     "half": (False, "fp16 autocast on CUDA (ignored on the CPU)", {"read_only": True}),
+    "precision": ("auto", "network arithmetic: auto (fastest measured to keep quality here), fp32, bf16, fp16, int8",
+                  {"read_only": True, "additional_constraints": f"one of: {', '.join(PRECISIONS)}"}),
+    "backend": ("auto", "inference engine: auto, torch, onnxruntime, openvino, tensorrt",
+                {"read_only": True, "additional_constraints": f"one of: {', '.join(BACKENDS)}"}),
+    "calibration": ("", "int8 with a non-default model: a folder of training photos to calibrate on",
+                    {"read_only": True}),
     "num_threads": (0, "torch CPU threads (0: torch's default)", {"read_only": True, **_int_range(0, 256)}),
     "input_width": (0, "resize images to this width before the network (0 with input_height 0: native size)",
                     {"read_only": True, **_int_range(0, 8192)}),
@@ -300,6 +309,7 @@ class DetectorNode(Node):
         self._worker.start()
         self.get_logger().info(
             f"ready: model {self._model_name}, device {self._device}, network input {self._network_input()}, "
+            f"engine {getattr(self._detector, 'engine_choice', 'given')}, "
             f"image topic {self.resolve_topic_name('image')}, conversion via {BACKEND}"
         )
 
@@ -332,6 +342,7 @@ class DetectorNode(Node):
     def _invalid_reason(name: str, value: Any) -> str | None:
         """Why ``value`` is not valid for parameter ``name`` beyond its type and range (None: valid)."""
         choices = {"matching.geometry": GEOMETRY_MODELS, "image_qos": IMAGE_QOS, "camera_info_sync": CAMERA_INFO_SYNC}
+        choices |= {"precision": PRECISIONS, "backend": BACKENDS}
         if name in choices and value not in choices[name]:
             return f"{name} must be one of {', '.join(choices[name])}, got {value!r}"
         return None
@@ -358,6 +369,9 @@ class DetectorNode(Node):
             half=self._param("half"),
             input_size=(width, height) if width and height else None,
             input_scale=self._param("input_scale"),
+            precision=self._param("precision"),
+            backend=self._param("backend"),
+            calibration=self._param("calibration") or None,
         )
         self._model_name = model or str(default_checkpoint_path())
         return detector

@@ -31,7 +31,7 @@ fi
 echo "[setup] installing $torch_spec and the pinned requirements into $VENV"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check "$torch_spec"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check \
-    -r requirements/base.txt -r requirements/dev.txt -r requirements/ros.txt
+    -r requirements/base.txt -r requirements/engines.txt -r requirements/dev.txt -r requirements/ros.txt
 # The project itself (kp2d_model + its command-line tools), editable so tests see the working tree.
 "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 echo "$wanted" > "$STAMP"

@@ -476,6 +476,7 @@ def test_runtime_parameter_change_is_applied_and_an_invalid_one_rejected(detecto
             "top_k": (-5, ""),  # outside the declared range
             "score_threshold": ("high", ""),  # wrong type
             "model": ("/tmp/other.ckpt", "read-only"),
+            "precision": ("fp32", "read-only"),
         }
         for parameter, (value, reason) in rejected.items():
             [result] = ros.set_parameters(name, {parameter: value})

@@ -98,6 +98,8 @@ def test_a_model_failure_on_one_frame_is_logged_and_later_frames_are_served(refe
         (["-p", "model:=/nonexistent/model.ckpt"], "model file '/nonexistent/model.ckpt' does not exist"),
         (["-p", "matching.geometry:=affine"], "matching.geometry must be one of none, homography, fundamental"),
         (["-p", "top_k:=0"], "top_k"),
+        (["-p", "precision:=fp8"], "precision must be one of fp32, bf16, fp16, int8, auto, got 'fp8'"),
+        (["-p", "device:=cpu", "-p", "backend:=tensorrt"], "backend tensorrt needs a CUDA device"),
         (["-p", "input_width:=320"], "input_width and input_height must both be 0"),
         (
             ["-p", "input_width:=320", "-p", "input_height:=240", "-p", "input_scale:=2.0"],

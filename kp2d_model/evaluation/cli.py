@@ -22,6 +22,7 @@ from pathlib import Path
 
 from kp2d_model.checkpoint import CheckpointError, default_checkpoint_path
 from kp2d_model.detector import check_input_scale
+from kp2d_model.engines import BackendName, EngineError, Precision, parse_choice
 from kp2d_model.evaluation.evaluate import DEFAULT_SETTINGS, EvaluationRun, evaluate_method, format_table
 from kp2d_model.evaluation.hpatches import SUBSETS, HPatchesError, HPatchesSequence, find_sequences, load_sequence
 from kp2d_model.evaluation.methods import METHOD_NAMES, FeatureMethod, describe_images, get_method
@@ -74,6 +75,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _choice(enum: type, what: str):  # noqa: ANN202
+    def parse(text: str) -> str:
+        try:
+            return parse_choice(enum, text, what).value
+        except EngineError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
+
+
 def input_scale(text: str) -> float:
     try:
         return check_input_scale(float(text))
@@ -119,6 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="kp2d: run the plain eval-mode network (the original's computation, bit for bit) instead of the "
         "faster fused one (equal to ~1e-6)",
+    )
+    parser.add_argument(
+        "--precision",
+        type=_choice(Precision, "precision"),
+        action="append",
+        help="kp2d network arithmetic: fp32 (default: the original protocol), bf16, fp16, int8, auto; repeatable, "
+        "one row each (rows keep the method name and record precision and backend)",
+    )
+    parser.add_argument("--backend", type=_choice(BackendName, "backend"), default="auto", help="kp2d engine: "
+                        + ", ".join(b.value for b in BackendName) + " (default auto)")  # fmt: skip
+    parser.add_argument(
+        "--calibration", type=Path, help="kp2d int8: folder of TRAINING photos to calibrate on (never benchmark photos)"
     )
     parser.add_argument("--json", type=Path, help="write summaries and per-pair values to this JSON file")
     parser.add_argument("--plots", type=Path, help="write per-sequence bar charts and match pictures to this folder")
@@ -202,6 +225,12 @@ def write_plots(
     return written
 
 
+def _method_key(method: FeatureMethod) -> str:
+    """A method's row label: its name, plus precision/backend when not the float32 torch reference."""
+    precision, backend = getattr(method, "precision", "fp32"), getattr(method, "backend", "torch")
+    return method.name if (precision, backend) == ("fp32", "torch") else f"{method.name} {precision}/{backend}"
+
+
 def run_evaluation(
     args: argparse.Namespace,
 ) -> tuple[list[EvaluationRun], dict[str, FeatureMethod], list[HPatchesSequence]]:
@@ -215,20 +244,26 @@ def run_evaluation(
             methods[name] = get_method(name)
             continue
         for scale in dict.fromkeys(args.input_scale or [1.0]):
-            method = get_method(
-                name,
-                checkpoint=args.checkpoint,
-                device=args.device,
-                fuse_batchnorm=not args.reference_forward,
-                input_scale=scale,
-            )
-            methods[method.name] = method
+            for precision in dict.fromkeys(args.precision or ["fp32"]):
+                method = get_method(
+                    name,
+                    checkpoint=args.checkpoint,
+                    device=args.device,
+                    fuse_batchnorm=not args.reference_forward,
+                    input_scale=scale,
+                    precision=precision,
+                    backend=args.backend if precision != "fp32" else "torch",
+                    calibration=args.calibration,
+                )
+                methods[_method_key(method)] = method
     runs = []
     for resolution, top_k in settings_from(args):
         for name, method in methods.items():
             label = f"{name} {resolution[0]}x{resolution[1]} top-{top_k}"
             with tqdm(total=5 * len(sequences), desc=label, unit="pair", disable=args.quiet, file=sys.stderr) as bar:
                 run = evaluate_method(method, sequences, resolution, top_k, on_sequence_done=bar.update)
+            run.precision = getattr(method, "precision", None)
+            run.backend = getattr(method, "backend", None)
             runs.append(run)
             if not args.quiet:
                 print(f"{label}: {len(run.pairs)} pairs, {run.pairs_per_second:.1f} pairs/s", file=sys.stderr)
@@ -241,6 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.input_scale and "kp2d" not in (args.method or ["kp2d"]):
         parser.error("--input-scale applies to the kp2d method; add --method kp2d")
+    if args.precision and "kp2d" not in (args.method or ["kp2d"]):
+        parser.error("--precision applies to the kp2d method; add --method kp2d")
+    if args.calibration is not None and not args.calibration.is_dir():
+        parser.error(f"--calibration {args.calibration} is not a folder")
     if "kp2d" in (args.method or ["kp2d"]) and args.checkpoint is None:
         args.checkpoint = default_checkpoint_path()
         if not args.checkpoint.is_file():
@@ -255,6 +294,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for path in write_plots(args.plots, runs, methods, sequences):
                 if not args.quiet:
                     print(f"wrote {path}", file=sys.stderr)
+    except EngineError as error:
+        print(f"{PROGRAM}: error: {error}", file=sys.stderr)
+        return 2
     except (HPatchesError, CheckpointError, ValueError, RuntimeError, OSError) as error:
         print(f"{PROGRAM}: error: {error}", file=sys.stderr)
         return 1

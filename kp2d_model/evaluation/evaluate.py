@@ -65,6 +65,15 @@ class EvaluationRun:
     top_k: int
     pairs: list[PairResult] = field(default_factory=list)
     seconds: float = 0.0  # wall time of the whole run: reading, network, metrics
+    precision: str | None = None  # kp2d: the network's arithmetic (fp32, bf16, int8, ...); None for baselines
+    backend: str | None = None  # kp2d: the engine that ran it (torch, openvino, ...)
+
+    @property
+    def label(self) -> str:
+        """The method's name, with precision/backend when not the float32 torch reference."""
+        if self.precision in (None, "fp32") and self.backend in (None, "torch"):
+            return self.method
+        return f"{self.method} {self.precision}/{self.backend}"
 
     @property
     def pairs_per_second(self) -> float:
@@ -91,6 +100,8 @@ class EvaluationRun:
             "method": self.method,
             "resolution": list(self.resolution),
             "top_k": self.top_k,
+            "precision": self.precision,
+            "backend": self.backend,
             "seconds": self.seconds,
             "pairs_per_second": self.pairs_per_second,
             "summary": summary,
@@ -182,7 +193,7 @@ def format_table(runs: Sequence[EvaluationRun]) -> str:
             cells = ["–" if math.isnan(values[name]) else f"{values[name]:.3f}" for name in METRIC_NAMES]
             resolution = f"{run.resolution[0]}x{run.resolution[1]}"
             lines.append(
-                f"| {run.method} | {resolution} | {run.top_k} | {subset} | {values['pairs']} | "
+                f"| {run.label} | {resolution} | {run.top_k} | {subset} | {values['pairs']} | "
                 + " | ".join(cells)
                 + " |"
             )

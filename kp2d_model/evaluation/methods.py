@@ -20,9 +20,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from kp2d_model.checkpoint import load_keypoint_net
-from kp2d_model.detector import check_input_scale, fuse_batchnorm, resolve_device, scaled_size, to_image_pixels
+from kp2d_model.detector import (
+    KeypointDetector,
+    check_input_scale,
+    fuse_batchnorm,
+    resolve_device,
+    scaled_size,
+    to_image_pixels,
+)
+from kp2d_model.engines import BackendName, Precision, resolve_engine
 from kp2d_model.image import normalize_image
-from kp2d_model.networks import KeypointNet, KeypointResnet
+from kp2d_model.networks import KeypointNet, KeypointResnet, sample_descriptors
 
 __all__ = [
     "BASELINE_CLASSES",
@@ -82,10 +90,31 @@ class KeyPointNetMethod:
         device: str | torch.device = "auto",
         fuse_batchnorm: bool = True,
         input_scale: float = 1.0,
+        precision: str = "fp32",
+        backend: str = "auto",
+        calibration: str | os.PathLike | None = None,
     ) -> None:
         self.input_scale = check_input_scale(input_scale)
         self.name = "kp2d" if self.input_scale == 1 else f"kp2d_x{self.input_scale:g}"
         self.device = resolve_device(device)
+        # Another precision or engine: the detector's engine runs the network (same raw outputs, coordinates
+        # in float32 here as there); the plain float32 torch path below stays the original protocol.
+        self.engine: KeypointDetector | None = None
+        choice = resolve_engine(precision, backend, self.device, int8_ready=True)
+        self.precision, self.backend = choice.precision.value, choice.backend.value
+        if (choice.precision, choice.backend) != (Precision.FP32, BackendName.TORCH):
+            if not fuse_batchnorm:
+                raise ValueError("kp2d: --reference-forward runs the float32 torch network; not with another precision")
+            self.engine = KeypointDetector(
+                checkpoint,
+                device=self.device,
+                top_k=None,
+                precision=precision,
+                backend=backend,
+                calibration=calibration,
+            )
+            self.precision, self.backend = self.engine.precision.value, self.engine.backend.value
+            self.thread_safe = self.engine.backend is BackendName.ONNXRUNTIME
         network = load_keypoint_net(checkpoint, device=self.device)
         self.checkpoint = str(checkpoint)
         self.stride = 32 if isinstance(network, KeypointResnet) else 8
@@ -124,15 +153,23 @@ class KeyPointNetMethod:
         if resized:
             size = (network_w, network_h)
             images_bgr = [cv2.resize(image, size, interpolation=cv2.INTER_LINEAR) for image in images_bgr]
-        batch = torch.from_numpy(np.stack(images_bgr)).to(self.device).permute(0, 3, 1, 2).float().div(255.0)
-        batch = normalize_image(batch).contiguous(memory_format=self.memory_format)
+        if self.engine is not None:
+            score, coord, desc = self.engine._run_trunk(np.stack(images_bgr))  # noqa: SLF001
+            final_conv = self.engine._descriptor_conv  # noqa: SLF001 - None: the engine ran it densely
+            if final_conv is None:
+                desc = sample_descriptors(desc, coord, network_h, network_w, self.engine.align_corners)
+        else:
+            batch = torch.from_numpy(np.stack(images_bgr)).to(self.device).permute(0, 3, 1, 2).float().div(255.0)
+            batch = normalize_image(batch).contiguous(memory_format=self.memory_format)
+            with torch.inference_mode():
+                score, coord, desc = self.network(batch)
+            final_conv = self.final_conv
         with torch.inference_mode():
-            score, coord, desc = self.network(batch)
             coord, score = coord.flatten(2), score.flatten(2)  # (B, 2, N), (B, 1, N): cells in raster order
-            if self.final_conv is None:
+            if final_conv is None:
                 desc = desc.flatten(2)
             else:
-                desc = descriptors_at_points(desc, self.final_conv, coord, network_h, network_w)
+                desc = descriptors_at_points(desc, final_conv, coord, network_h, network_w)
             if resized:  # back to the image's pixels, as the detector maps them
                 coord = to_image_pixels(coord.transpose(1, 2), (network_w, network_h), (width, height)).transpose(1, 2)
             points = torch.cat([coord, score], dim=1).transpose(1, 2).float().cpu().numpy()  # (B, N, 3)

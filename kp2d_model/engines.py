@@ -1,0 +1,619 @@
+"""Inference engines behind :class:`kp2d_model.detector.KeypointDetector`: one contract, several back ends.
+
+Every engine runs the same graph, :class:`DenseHeads`: a uint8 ``(B, H, W, C)`` BGR (or grey) batch ->
+the network's raw head outputs (:class:`DenseOutputs`). Everything that needs pixel precision stays in
+float32 PyTorch in the detector, whatever the engine: the border mask, the keypoint coordinates
+(``cell_keypoints``), selection, descriptor sampling and L2 normalisation.
+
+| backend | precisions | device | needs | graph it runs |
+|---|---|---|---|---|
+| ``torch`` | fp32 (exact reference), bf16 (autocast, network only), fp16 (CUDA) | CPU, CUDA | - | folded network |
+| ``onnxruntime`` | fp32, int8 (static QDQ, calibrated) | CPU | ``onnxruntime`` | ``.onnx`` export |
+| ``openvino`` | fp32, bf16 (CPU bf16 hint), int8 (the same QDQ graph) | CPU | ``openvino`` | ``.onnx`` export |
+| ``tensorrt`` | fp32, fp16 (TensorRT's builder flag) | CUDA | ``tensorrt`` | engine built from the ``.onnx`` |
+
+Engines are imported lazily (inside their class), so the base library needs none of them.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from kp2d_model.image import normalize_image
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BackendName",
+    "DenseHeads",
+    "DenseOutputs",
+    "EngineError",
+    "Precision",
+    "cpu_capabilities",
+    "export_onnx",
+    "parse_choice",
+    "quantize_onnx_int8",
+    "read_onnx_metadata",
+    "resolve_engine",
+]
+
+LOG = logging.getLogger("kp2d_model.engines")
+ONNX_FORMAT = "kp2d-dense-heads-v1"  # metadata "format" of an exported graph
+ONNX_OPSET = 17
+BUNDLED_INT8_NAME = "kp2d_default_int8.onnx"
+
+
+class EngineError(ValueError):
+    """A precision/backend choice that cannot run here, or an engine file that does not fit."""
+
+
+class Precision(StrEnum):
+    """Arithmetic the network runs in (coordinates, scores and descriptor normalisation stay float32)."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+    INT8 = "int8"
+    AUTO = "auto"
+
+
+class BackendName(StrEnum):
+    """The engine that runs the network."""
+
+    AUTO = "auto"
+    TORCH = "torch"
+    ONNXRUNTIME = "onnxruntime"
+    OPENVINO = "openvino"
+    TENSORRT = "tensorrt"
+
+
+# What each engine can run, and where (checked at construction).
+SUPPORTED_PRECISIONS = {
+    BackendName.TORCH: (Precision.FP32, Precision.BF16, Precision.FP16),
+    BackendName.ONNXRUNTIME: (Precision.FP32, Precision.INT8),
+    BackendName.OPENVINO: (Precision.FP32, Precision.BF16, Precision.INT8),
+    BackendName.TENSORRT: (Precision.FP32, Precision.FP16),
+}
+CPU_ONLY = (BackendName.ONNXRUNTIME, BackendName.OPENVINO)
+
+
+def parse_choice(enum: type[StrEnum], value: object, what: str) -> Any:
+    """``value`` as a member of ``enum`` or EngineError listing the valid names."""
+    try:
+        return enum(str(value).lower()) if isinstance(value, str) else enum(value)
+    except ValueError:
+        names = ", ".join(member.value for member in enum)
+        raise EngineError(f"{what} must be one of {names}; got {value!r}") from None
+
+
+@dataclass
+class DenseOutputs:
+    """The network's raw head outputs, float32 torch tensors on the detector's device.
+
+    score: ``(B, 1, Hc, Wc)`` sigmoid in [0, 1], border cells not yet zeroed; center_shift: ``(B, 2, Hc, Wc)``
+    tanh in [-1, 1] (x, y); features: ``(B, C, h, w)`` the map before the descriptor head's last conv when
+    the detector evaluates that conv itself (KeyPointNet), else the dense descriptor map.
+    """
+
+    score: torch.Tensor
+    center_shift: torch.Tensor
+    features: torch.Tensor
+
+
+class DenseHeads(nn.Module):
+    """uint8 ``(B, H, W, C)`` image batch -> ``(score, center_shift, features)``: the graph every engine runs.
+
+    ``trunk``: a network with a ``heads(x)`` method (KeypointNet / KeypointResnet, usually BatchNorm-folded).
+    H and W must be multiples of the network's stride.
+    """
+
+    def __init__(self, trunk: nn.Module):
+        super().__init__()
+        self.trunk = trunk
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = normalize_image(image.permute(0, 3, 1, 2).float() / 255.0)
+        return self.trunk.heads(x.contiguous(memory_format=torch.channels_last))
+
+
+# --- capabilities -------------------------------------------------------------------------------------
+
+
+@functools.cache
+def cpu_capabilities() -> frozenset[str]:
+    """This CPU's flags that matter for reduced precision: a subset of ``avx512_bf16``, ``amx_bf16``,
+    ``amx_int8``, ``avx512_vnni``, ``avx_vnni``, ``avx512f`` (read from /proc/cpuinfo on Linux, plus what
+    torch's dispatcher reports; empty elsewhere)."""
+    wanted = {"avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni", "avx512f"}
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags.update(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    with_torch = getattr(torch._C._cpu, "_is_amx_tile_supported", lambda: False)()  # noqa: SLF001
+    if with_torch:
+        flags.update({"amx_bf16", "amx_int8"})
+    return frozenset(flags & wanted)
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """What runs the network: backend, precision and the reason (one log line)."""
+
+    backend: BackendName
+    precision: Precision
+    reason: str
+
+    def __str__(self) -> str:
+        return f"backend={self.backend.value} precision={self.precision.value} ({self.reason})"
+
+
+def resolve_engine(
+    precision: str | Precision,
+    backend: str | BackendName,
+    device: torch.device,
+    int8_ready: bool = False,
+) -> EngineChoice:
+    """Validate a precision/backend pair for ``device`` and settle ``"auto"`` from what this machine has.
+
+    ``int8_ready``: an INT8 calibration (photos or a calibrated graph) was given. Raises EngineError for
+    an unknown name or a pair that cannot run here (explicit choices never fall back).
+    """
+    precision = parse_choice(Precision, precision, "precision")
+    backend = parse_choice(BackendName, backend, "backend")
+    cuda = device.type == "cuda"
+    if precision is Precision.AUTO:
+        return _auto(backend, cuda, int8_ready)
+    if backend is BackendName.AUTO:
+        backend = _auto_backend_for(precision, cuda)
+    _check_pair(backend, precision, cuda, int8_ready)
+    return EngineChoice(backend, precision, "as requested")
+
+
+def _check_pair(backend: BackendName, precision: Precision, cuda: bool, int8_ready: bool) -> None:
+    if precision not in SUPPORTED_PRECISIONS[backend]:
+        valid = ", ".join(p.value for p in SUPPORTED_PRECISIONS[backend])
+        raise EngineError(f"backend {backend.value} runs precision {valid}; got precision {precision.value}")
+    if backend is BackendName.TENSORRT and not cuda:
+        raise EngineError("backend tensorrt needs a CUDA device (device='cuda'); this detector's device is the CPU")
+    if backend in CPU_ONLY and cuda:
+        raise EngineError(f"backend {backend.value} runs on the CPU here; use device='cpu' or backend torch/tensorrt")
+    if backend is BackendName.TORCH and precision is Precision.FP16 and not cuda:
+        raise EngineError("precision fp16 with backend torch needs CUDA; on the CPU use bf16 or int8")
+    if precision is Precision.INT8 and not int8_ready:
+        raise EngineError(
+            "precision int8 needs calibration photos (calibration=<folder of training photos>) or an INT8 "
+            "graph exported by kp2d-export --precision int8; never calibrate on benchmark photos"
+        )
+    module = {BackendName.ONNXRUNTIME: "onnxruntime", BackendName.OPENVINO: "openvino"}.get(backend)
+    if backend is BackendName.TENSORRT:
+        module = "tensorrt"
+    if module and not _installed(module):
+        raise EngineError(f"backend {backend.value} needs the Python package {module!r} (pip install {module})")
+
+
+def _auto_backend_for(precision: Precision, cuda: bool) -> BackendName:
+    if precision is Precision.FP32 or precision is Precision.FP16:
+        return BackendName.TORCH
+    if precision is Precision.BF16:
+        return BackendName.OPENVINO if not cuda and _installed("openvino") else BackendName.TORCH
+    return BackendName.OPENVINO if _installed("openvino") else BackendName.ONNXRUNTIME  # int8
+
+
+def _auto(backend: BackendName, cuda: bool, int8_ready: bool) -> EngineChoice:
+    """The fastest setting measured to keep quality on this machine (docs/inference.md, "Engines")."""
+    if cuda:
+        if backend in (BackendName.AUTO, BackendName.TENSORRT) and _installed("tensorrt"):
+            return EngineChoice(BackendName.TENSORRT, Precision.FP16, "CUDA device, TensorRT installed")
+        if backend in (BackendName.AUTO, BackendName.TORCH):
+            return EngineChoice(BackendName.TORCH, Precision.FP16, "CUDA device")
+        raise EngineError(f"backend {backend.value} does not run on CUDA here; use backend torch or tensorrt")
+    caps = cpu_capabilities()
+    openvino = _installed("openvino") and backend in (BackendName.AUTO, BackendName.OPENVINO)
+    vnni = bool(caps & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    if int8_ready and vnni and (openvino or (backend is BackendName.ONNXRUNTIME and _installed("onnxruntime"))):
+        chosen = BackendName.OPENVINO if openvino else BackendName.ONNXRUNTIME
+        return EngineChoice(
+            chosen,
+            Precision.INT8,
+            f"CPU has {_flags(caps, 'vnni', 'amx_int8')}, INT8 graph available",
+        )
+    if openvino and caps & {"avx512_bf16", "amx_bf16"}:
+        return EngineChoice(BackendName.OPENVINO, Precision.BF16, f"CPU has {_flags(caps, 'bf16')}")
+    if backend in (BackendName.AUTO, BackendName.TORCH) and "amx_bf16" in caps:
+        return EngineChoice(BackendName.TORCH, Precision.BF16, "CPU has amx_bf16, openvino not installed")
+    if backend is BackendName.AUTO or backend is BackendName.TORCH:
+        return EngineChoice(
+            BackendName.TORCH, Precision.FP32, f"no faster setting on this CPU ({_flags(caps, 'bf16', 'vnni', 'amx')})"
+        )
+    return EngineChoice(backend, Precision.FP32, "no reduced precision on this CPU for this backend")
+
+
+def _flags(caps: frozenset[str], *parts: str) -> str:
+    found = sorted(flag for flag in caps if any(part in flag for part in parts))
+    return "+".join(found) if found else "no bf16/vnni/amx flags"
+
+
+# --- ONNX export and INT8 quantisation ------------------------------------------------------------------
+
+
+def export_onnx(heads: DenseHeads, path: str | Path, metadata: dict[str, Any], channels: int = 3) -> Path:
+    """Write ``heads`` as an ONNX graph (opset 17): input ``image`` uint8 ``(B, H, W, C)`` with dynamic B, H, W;
+    outputs ``score``, ``center_shift``, ``features`` float32. ``metadata`` (JSON-able values) is stored in
+    the model's metadata_props, with ``format`` = ``kp2d-dense-heads-v1``."""
+    import onnx  # lazily: only exporting needs it
+
+    path = Path(path)
+    stride = int(metadata["stride"])
+    example = torch.zeros(1, 2 * stride, 2 * stride, channels, dtype=torch.uint8)
+    was_training = heads.training
+    heads = heads.cpu().eval()  # heads() has no train/eval-dependent layer; restored below
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # the TorchScript exporter: no onnxscript needed
+        torch.onnx.export(
+            heads,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=["image"],
+            output_names=["score", "center_shift", "features"],
+            dynamic_axes={
+                "image": {0: "batch", 1: "height", 2: "width"},
+                "score": {0: "batch", 2: "cells_h", 3: "cells_w"},
+                "center_shift": {0: "batch", 2: "cells_h", 3: "cells_w"},
+                "features": {0: "batch", 2: "map_h", 3: "map_w"},
+            },
+        )
+    heads.train(was_training)
+    model = onnx.load(str(path))
+    _set_metadata(model, {"format": ONNX_FORMAT, **metadata})
+    onnx.save(model, str(path))
+    return path
+
+
+def _set_metadata(model: Any, metadata: dict[str, Any]) -> None:
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
+    """The kp2d metadata of an exported ``.onnx`` (or OpenVINO ``.xml`` next to it), or EngineError naming the file."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise EngineError(f"{path}: no such file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # noqa: BLE001 - protobuf raises several types for a bad file
+        raise EngineError(f"{path}: not an ONNX model ({error.__class__.__name__})") from None
+    metadata = {entry.key: json.loads(entry.value) for entry in model.metadata_props}
+    if metadata.get("format") != ONNX_FORMAT:
+        raise EngineError(f"{path}: not a kp2d export (metadata format {metadata.get('format')!r}, want {ONNX_FORMAT})")
+    return metadata
+
+
+def quantize_onnx_int8(fp32_path: str | Path, int8_path: str | Path, calibration_batches: Sequence[np.ndarray]) -> Path:
+    """Static post-training quantisation of an exported graph into QDQ INT8 (ONNX Runtime's quantiser).
+
+    Convolutions get INT8 weights (per output channel) and UINT8 activations whose ranges come from
+    ``calibration_batches`` (uint8 ``(B, H, W, C)`` arrays: training photos, never benchmark photos). The
+    score and location heads' last convolutions and the location head's first one stay float32.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    if not calibration_batches:
+        raise EngineError("INT8 calibration needs at least one image")
+    model = onnx.load(str(fp32_path))
+    metadata = {entry.key: json.loads(entry.value) for entry in model.metadata_props}
+    keep_float = _head_output_convs(model)
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(calibration_batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {"image": np.ascontiguousarray(batch, dtype=np.uint8)}
+
+    quantize_static(
+        str(fp32_path),
+        str(int8_path),
+        Batches(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["Conv"],
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=keep_float,
+    )
+    quantized = onnx.load(str(int8_path))
+    _set_metadata(
+        quantized,
+        {
+            **metadata,
+            "precision": "int8",
+            "calibration_images": int(sum(batch.shape[0] for batch in calibration_batches)),
+        },
+    )
+    onnx.save(quantized, str(int8_path))
+    return Path(int8_path)
+
+
+def cached_int8_graph(fp32_path: str | Path, calibration_batches: Sequence[np.ndarray]) -> Path:
+    """The INT8 graph of ``fp32_path`` calibrated on ``calibration_batches``, from the cache
+    (``$KP2D_ENGINE_CACHE``, default ``~/.cache/kp2d``, keyed by the graph's and the photos' bytes) or made now."""
+    digest = hashlib.sha256(Path(fp32_path).read_bytes())
+    for batch in calibration_batches:
+        digest.update(np.ascontiguousarray(batch).tobytes())
+    path = cache_dir() / f"dense_heads_int8_{digest.hexdigest()[:16]}.onnx"
+    if not path.is_file():
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        quantize_onnx_int8(fp32_path, partial, calibration_batches)
+        partial.replace(path)
+    return path
+
+
+def cache_dir() -> Path:
+    """Where built engines are kept: ``$KP2D_ENGINE_CACHE``, default ``~/.cache/kp2d`` (created)."""
+    path = Path(os.environ.get("KP2D_ENGINE_CACHE", Path.home() / ".cache" / "kp2d"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def bundled_int8_graph(checkpoint: str | os.PathLike | None) -> Path | None:
+    """The bundled INT8 graph (``kp2d_model/weights/kp2d_default_int8.onnx``) when ``checkpoint`` (None: the
+    default model) is the model it was made from (its metadata ``weights_sha256``), else None."""
+    from kp2d_model.checkpoint import default_checkpoint_path
+
+    weights = default_checkpoint_path() if checkpoint is None else Path(checkpoint)
+    graph = default_checkpoint_path().with_name(BUNDLED_INT8_NAME)
+    if not (graph.is_file() and weights.is_file() and _installed("onnx")):
+        return None
+    try:
+        return graph if read_onnx_metadata(graph).get("weights_sha256") == file_sha256(weights) else None
+    except EngineError:
+        return None
+
+
+def _head_output_convs(model: Any) -> list[str]:
+    """Names of the Conv nodes that stay float32: the last conv of the score and location heads (the Convs feeding
+    the graph's Sigmoid/Tanh) and the location head's first conv too (the Conv before its activation).
+
+    They set the keypoint positions and scores. Measured on the benchmark (docs/inference.md, "INT8"): with only
+    the last convs float, C3 at 320x240 fell 0.047 (7 of 150 pairs); with the location head float it stays within
+    2 pairs at every setting, for ~15 % of the INT8 speed-up; the score head's first conv float as well cost
+    another ~10 % without improving C3."""
+    producers = {output: node for node in model.graph.node for output in node.output}
+    names = []
+    for node in model.graph.node:
+        if node.op_type not in ("Sigmoid", "Tanh"):
+            continue
+        last = producers.get(node.input[0])
+        if last is None or last.op_type != "Conv":
+            continue
+        names.append(last.name)
+        activation = producers.get(last.input[0])
+        if node.op_type == "Tanh" and activation is not None and activation.op_type in ("LeakyRelu", "Relu"):
+            first = producers.get(activation.input[0])
+            if first is not None and first.op_type == "Conv":
+                names.append(first.name)
+    return names
+
+
+# --- back ends --------------------------------------------------------------------------------------------
+
+
+class Backend(Protocol):
+    """One engine: ``forward(uint8 (B, H, W, C)) -> DenseOutputs`` (float32 torch tensors on ``device``)."""
+
+    name: BackendName
+    precision: Precision
+    device: torch.device
+
+    def forward(self, batch: np.ndarray) -> DenseOutputs: ...
+
+
+class TorchBackend:
+    """The folded network in PyTorch; bf16/fp16 by autocast around the network only."""
+
+    name = BackendName.TORCH
+
+    def __init__(self, heads: DenseHeads, device: torch.device, precision: Precision, **_: Any):
+        self.heads, self.device, self.precision = heads, device, precision
+        self.dtype = {Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}.get(precision)
+
+    def forward(self, batch: np.ndarray) -> DenseOutputs:
+        # The same operations as DenseHeads.forward, with the uint8 -> float conversion on the device.
+        tensor = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        tensor = tensor.permute(0, 3, 1, 2).float().div_(255.0)
+        tensor = normalize_image(tensor).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            if self.dtype is None:
+                outputs = self.heads.trunk.heads(tensor)
+            else:
+                with torch.autocast(device_type=self.device.type, dtype=self.dtype):
+                    outputs = self.heads.trunk.heads(tensor)
+        return DenseOutputs(*(output.float() for output in outputs))
+
+
+class OnnxRuntimeBackend:
+    """An exported graph (fp32 or QDQ INT8) in ONNX Runtime's CPU execution provider."""
+
+    name = BackendName.ONNXRUNTIME
+
+    def __init__(self, onnx_path: Path, device: torch.device, precision: Precision, threads: int, **_: Any):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.device, self.precision = device, precision
+
+    def forward(self, batch: np.ndarray) -> DenseOutputs:
+        outputs = self.session.run(None, {"image": np.ascontiguousarray(batch)})
+        return DenseOutputs(*(torch.from_numpy(output) for output in outputs))
+
+
+class OpenVinoBackend:
+    """An exported graph in OpenVINO's CPU plugin, compiled once per input shape (fp32, bf16 hint, or the
+    QDQ INT8 graph, which OpenVINO runs with INT8 kernels)."""
+
+    name = BackendName.OPENVINO
+    max_compiled_shapes = 4
+
+    def __init__(self, onnx_path: Path, device: torch.device, precision: Precision, threads: int, **_: Any):
+        import openvino
+
+        self.core = openvino.Core()
+        self.model = self.core.read_model(str(onnx_path))
+        self.device, self.precision = device, precision
+        hint = "bf16" if precision is Precision.BF16 else "f32"
+        self.config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads}
+        self.config["PERFORMANCE_HINT"] = "LATENCY"
+        self.compiled: dict[tuple[int, ...], Callable] = {}
+
+    def _compiled(self, shape: tuple[int, ...]) -> Callable:
+        if shape not in self.compiled:
+            if len(self.compiled) >= self.max_compiled_shapes:
+                self.compiled.pop(next(iter(self.compiled)))
+            model = self.model.clone()
+            model.reshape({"image": list(shape)})
+            self.compiled[shape] = self.core.compile_model(model, "CPU", self.config)
+        return self.compiled[shape]
+
+    def forward(self, batch: np.ndarray) -> DenseOutputs:
+        compiled = self._compiled(tuple(batch.shape))
+        results = compiled(np.ascontiguousarray(batch))
+        # share_outputs=False (the default): the arrays are fresh copies this call owns, wrapped without a copy.
+        return DenseOutputs(*(torch.from_numpy(results[output]) for output in compiled.outputs))
+
+
+class TensorRtBackend:
+    """A TensorRT engine built from the exported graph (fp16 by the builder flag), on CUDA.
+
+    The engine is built once per graph and precision and cached next to it (``*.fp16.engine``), with an
+    optimisation profile for batch 1-4 and H, W from 64 to 1088 (Jetson users: build on the Jetson itself,
+    engines are not portable across GPUs or TensorRT versions).
+    """
+
+    name = BackendName.TENSORRT
+
+    def __init__(self, onnx_path: Path, device: torch.device, precision: Precision, **_: Any):
+        if device.type != "cuda" or not torch.cuda.is_available():
+            raise EngineError("backend tensorrt needs a CUDA device; none is available here")
+        import tensorrt
+
+        self.trt, self.device, self.precision = tensorrt, device, precision
+        engine_path = Path(onnx_path).with_suffix(f".{precision.value}.engine")
+        if not engine_path.is_file():
+            build_tensorrt_engine(onnx_path, engine_path, precision)
+        runtime = tensorrt.Runtime(tensorrt.Logger(tensorrt.Logger.WARNING))
+        self.engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
+        self.context = self.engine.create_execution_context()
+
+    def forward(self, batch: np.ndarray) -> DenseOutputs:
+        image = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        self.context.set_input_shape("image", tuple(image.shape))
+        self.context.set_tensor_address("image", image.data_ptr())
+        outputs = []
+        for name in ("score", "center_shift", "features"):
+            output = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=torch.float32, device=self.device)
+            self.context.set_tensor_address(name, output.data_ptr())
+            outputs.append(output)
+        stream = torch.cuda.current_stream(self.device)
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise EngineError("TensorRT execution failed")
+        stream.synchronize()
+        return DenseOutputs(*outputs)
+
+
+def save_openvino(onnx_path: str | Path, xml_path: str | Path) -> Path:
+    """Convert an exported graph into OpenVINO IR (``.xml`` + ``.bin``), the kp2d metadata under rt_info ``kp2d``."""
+    import openvino
+
+    metadata = read_onnx_metadata(onnx_path)
+    model = openvino.convert_model(str(onnx_path))
+    for key, value in metadata.items():
+        model.set_rt_info(json.dumps(value), ["kp2d", key])
+    openvino.save_model(model, str(xml_path), compress_to_fp16=False)
+    return Path(xml_path)
+
+
+def build_tensorrt_engine(
+    onnx_path: str | Path,
+    engine_path: str | Path,
+    precision: Precision = Precision.FP16,
+    max_batch: int = 4,
+    min_side: int = 64,
+    max_side: int = 1088,
+    opt_shape: tuple[int, int] = (480, 640),
+) -> Path:
+    """Build and serialise a TensorRT engine from an exported ``.onnx`` (dynamic shapes via one optimisation
+    profile: batch 1..max_batch, H and W in [min_side, max_side], tuned for ``opt_shape`` (H, W))."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineError(f"{onnx_path}: TensorRT could not parse the graph: {errors}")
+    config = builder.create_builder_config()
+    if precision is Precision.FP16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    channels = network.get_input(0).shape[3]
+    profile = builder.create_optimization_profile()
+    profile.set_shape(
+        "image",
+        (1, min_side, min_side, channels),
+        (1, opt_shape[0], opt_shape[1], channels),
+        (max_batch, max_side, max_side, channels),
+    )
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineError(f"{onnx_path}: TensorRT engine build failed (see the TensorRT log above)")
+    Path(engine_path).write_bytes(bytes(serialized))
+    return Path(engine_path)
+
+
+BACKENDS: dict[BackendName, type] = {
+    BackendName.TORCH: TorchBackend,
+    BackendName.ONNXRUNTIME: OnnxRuntimeBackend,
+    BackendName.OPENVINO: OpenVinoBackend,
+    BackendName.TENSORRT: TensorRtBackend,
+}

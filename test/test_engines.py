@@ -1,0 +1,306 @@
+"""Inference engines: precision/backend choices, ONNX export round trip, OpenVINO/INT8 agreement, kp2d-export."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+import torch
+
+from kp2d_model import engines
+from kp2d_model.checkpoint import default_checkpoint_path
+from kp2d_model.detector import KeypointDetector
+from kp2d_model.engines import EngineError, Precision
+from kp2d_model.evaluation.cli import main as evaluate_main
+from kp2d_model.export import main as export_main
+
+onnxruntime = pytest.importorskip("onnxruntime")
+HAS_OPENVINO = engines._installed("openvino")  # noqa: SLF001
+
+
+@pytest.fixture(scope="module")
+def checkpoint_path(reference_dir):
+    return reference_dir / "v4_reference.ckpt"
+
+
+@pytest.fixture(scope="module")
+def photo_bgr():
+    """A held-out photo (skimage's astronaut) at 320x240, BGR: agreement checks only, never calibration."""
+    rgb = cv2.resize(skimage.data.astronaut(), (320, 240), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint_path):
+    return KeypointDetector(checkpoint_path, device="cpu", top_k=300)
+
+
+def synthetic_images(count: int, size=(240, 320), seed: int = 0) -> list[np.ndarray]:
+    """Drawn shapes on smooth noise: INT8 calibration input for mechanics tests (no benchmark photo)."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        image = cv2.GaussianBlur(rng.integers(0, 256, (*size, 3), dtype=np.uint8), (0, 0), 3)
+        for _ in range(12):
+            center = (int(rng.integers(0, size[1])), int(rng.integers(0, size[0])))
+            color = tuple(int(c) for c in rng.integers(0, 256, 3))
+            cv2.circle(image, center, int(rng.integers(5, 40)), color, -1)
+            cv2.rectangle(image, center, (center[0] + 30, center[1] + 20), color[::-1], 2)
+        images.append(image)
+    return images
+
+
+def fraction_within(found, reference, pixels: float) -> float:
+    """Share of ``found``'s keypoints with a ``reference`` keypoint within ``pixels``."""
+    distance = torch.cdist(torch.as_tensor(found.keypoints).double(), torch.as_tensor(reference.keypoints).double())
+    return float((distance.min(dim=1).values <= pixels).double().mean())
+
+
+# --- choices ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"precision": "fp8"}, "precision must be one of fp32, bf16, fp16, int8, auto; got 'fp8'"),
+        ({"backend": "tflite"}, "backend must be one of auto, torch, onnxruntime, openvino, tensorrt; got 'tflite'"),
+        ({"precision": "fp16", "backend": "torch"}, "precision fp16 with backend torch needs CUDA"),
+        (
+            {"precision": "int8", "backend": "torch"},
+            "backend torch runs precision fp32, bf16, fp16; got precision int8",
+        ),
+        ({"backend": "tensorrt"}, "backend tensorrt needs a CUDA device"),
+        ({"precision": "int8", "backend": "onnxruntime"}, "precision int8 needs calibration photos"),
+    ],
+)
+def test_unknown_names_and_invalid_pairs_are_refused_at_construction(checkpoint_path, kwargs, message) -> None:
+    with pytest.raises(EngineError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+        KeypointDetector(checkpoint_path, device="cpu", **kwargs)
+
+
+def test_fp32_is_the_torch_reference_and_auto_logs_one_line_saying_what_it_chose(checkpoint_path, caplog) -> None:
+    assert str(KeypointDetector(checkpoint_path, device="cpu").engine_choice).startswith("backend=torch precision=fp32")
+    with caplog.at_level(logging.INFO, logger="kp2d_model.detector"):
+        detector = KeypointDetector(checkpoint_path, device="cpu", precision="auto")
+    lines = [record.getMessage() for record in caplog.records if record.name == "kp2d_model.detector"]
+    assert len(lines) == 1
+    assert f"backend={detector.backend.value} precision={detector.precision.value} (" in lines[0]
+    if detector.precision is not Precision.FP32:  # the start-up agreement check ran and passed
+        assert "of check keypoints within 1 px of fp32)" in lines[0]
+    caps = engines.cpu_capabilities()
+    if HAS_OPENVINO and caps & {"avx512_bf16", "amx_bf16"}:  # the fixture has no INT8 graph: bf16 is the best
+        assert (detector.backend.value, detector.precision.value) == ("openvino", "bf16")
+    assert detector.precision is not Precision.INT8  # no calibration given for the fixture network
+
+
+def test_bundled_int8_graph_belongs_to_the_bundled_default_model() -> None:
+    graph = default_checkpoint_path().with_name(engines.BUNDLED_INT8_NAME)
+    metadata = engines.read_onnx_metadata(graph)
+    assert metadata["weights_sha256"] == engines.file_sha256(default_checkpoint_path())
+    assert (metadata["precision"], metadata["stride"], metadata["descriptor_dim"]) == ("int8", 8, 256)
+    assert metadata["calibration_images"] == 46  # the 46 training photos of docs/default_model.md
+    assert engines.bundled_int8_graph(None) == graph
+
+
+# --- ONNX round trip ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(240, 320), (96, 128)])
+def test_onnx_export_equals_the_network_within_float32_rounding(checkpoint_path, tmp_path, size) -> None:
+    """Dynamic H/W: one export, two sizes. Tolerance from float32 rounding: the ONNX Runtime outputs are as
+    close to a float64 evaluation of the same network as PyTorch's own float32 outputs are (x4, + 1e-6)."""
+    detector = KeypointDetector(checkpoint_path, device="cpu")
+    heads = detector.dense_heads(with_descriptor_conv=True)
+    path = engines.export_onnx(heads, tmp_path / "heads.onnx", detector.export_metadata(descriptor_conv="included"))
+    image = synthetic_images(1, size)[0][None]
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    exported = session.run(None, {"image": image})
+    with torch.inference_mode():
+        float32 = [t.numpy() for t in heads(torch.from_numpy(image))]
+        double = [t.numpy() for t in DoubleHeads(heads)(torch.from_numpy(image))]
+    for name, onnx_out, torch_out, exact in zip(
+        ("score", "center_shift", "features"), exported, float32, double, strict=True
+    ):
+        assert onnx_out.shape == exact.shape
+        torch_error = float(np.abs(torch_out - exact).max())
+        onnx_error = float(np.abs(onnx_out - exact).max())
+        assert onnx_error <= 4 * torch_error + 1e-6, (name, onnx_error, torch_error)
+    assert engines.read_onnx_metadata(path)["stride"] == 8
+
+
+class DoubleHeads(torch.nn.Module):
+    """The same graph evaluated in float64 (the rounding-free reference)."""
+
+    def __init__(self, heads):
+        super().__init__()
+        import copy
+
+        self.trunk = copy.deepcopy(heads.trunk).double()
+
+    def forward(self, image):
+        x = (image.permute(0, 3, 1, 2).double() / 255.0 - 0.5) * 0.225
+        return self.trunk.heads(x)
+
+
+def test_onnxruntime_fp32_detector_finds_the_same_keypoints(checkpoint_path, reference, photo_bgr) -> None:
+    detector = KeypointDetector(checkpoint_path, device="cpu", top_k=300, precision="fp32", backend="onnxruntime")
+    found, expected = detector(photo_bgr), reference(photo_bgr)
+    assert len(found) == len(expected) == 300
+    assert fraction_within(found, expected, 1e-3) >= 0.99
+    cosine = (found.descriptors[:250] * expected.descriptors[:250]).sum(dim=1)
+    assert float(cosine.min()) > 0.999
+
+
+def test_exported_file_carries_its_metadata_and_runs_in_the_detector(checkpoint_path, reference, photo_bgr, tmp_path):
+    out = tmp_path / "kp2d.onnx"
+    assert export_main(["--checkpoint", str(checkpoint_path), "--format", "onnx", "--out", str(out)]) == 0
+    metadata = engines.read_onnx_metadata(out)
+    assert metadata["precision"] == "fp32" and metadata["descriptor_conv"] == "included"
+    assert metadata["weights_sha256"] == engines.file_sha256(checkpoint_path)
+    detector = KeypointDetector(str(out), device="cpu", top_k=300, backend="onnxruntime")
+    assert (detector.stride, detector.descriptor_dim, detector.precision.value) == (8, 256, "fp32")
+    assert fraction_within(detector(photo_bgr), reference(photo_bgr), 1e-3) >= 0.99
+
+
+# --- reduced precision: agreement with fp32 -------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="openvino not installed")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_openvino_keypoints_lie_within_one_pixel_of_fp32(checkpoint_path, reference, photo_bgr, precision) -> None:
+    detector = KeypointDetector(checkpoint_path, device="cpu", top_k=300, precision=precision, backend="openvino")
+    found = detector(photo_bgr)
+    assert len(found) == 300
+    assert fraction_within(found, reference(photo_bgr), 1.0) >= 0.9
+    assert float(torch.linalg.vector_norm(found.descriptors, dim=1).sub(1).abs().max()) < 1e-5  # fp32 normalisation
+
+
+def test_torch_bf16_keeps_coordinates_in_float32(checkpoint_path, reference, photo_bgr) -> None:
+    detector = KeypointDetector(checkpoint_path, device="cpu", top_k=300, precision="bf16", backend="torch")
+    found = detector(photo_bgr)
+    assert found.keypoints.dtype == torch.float32
+    assert fraction_within(found, reference(photo_bgr), 1.0) >= 0.9
+
+
+def test_int8_calibration_quantises_the_convolutions_and_is_cached(checkpoint_path, photo_bgr, tmp_path, monkeypatch):
+    monkeypatch.setenv("KP2D_ENGINE_CACHE", str(tmp_path / "cache"))
+    calibration = synthetic_images(2)
+    detector = KeypointDetector(
+        checkpoint_path, device="cpu", top_k=300, precision="int8", backend="onnxruntime", calibration=calibration
+    )
+    (graph,) = (tmp_path / "cache").glob("dense_heads_int8_*.onnx")
+    import onnx
+
+    model = onnx.load(str(graph))
+    ops = [node.op_type for node in model.graph.node]
+    assert ops.count("QuantizeLinear") >= 10 and "Conv" in ops
+    producers = {output: node for node in model.graph.node for output in node.output}
+    head_convs = [node for node in model.graph.node if node.name in engines._head_output_convs(model)]  # noqa: SLF001
+    assert len(head_convs) == 3  # both heads' last convolutions + the location head's first: float32 weights
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    assert all(conv.input[1] in initializers and conv.input[1] not in producers for conv in head_convs)
+    metadata = engines.read_onnx_metadata(graph)
+    assert (metadata["precision"], metadata["calibration_images"]) == ("int8", 2)
+    found = detector(photo_bgr)
+    assert len(found) == 300 and found.keypoints.dtype == torch.float32
+    mtime = graph.stat().st_mtime_ns
+    KeypointDetector(checkpoint_path, device="cpu", precision="int8", backend="onnxruntime", calibration=calibration)
+    assert graph.stat().st_mtime_ns == mtime  # reused, not quantised again
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="openvino not installed")
+def test_default_model_auto_and_int8_agree_with_fp32(photo_bgr) -> None:
+    """The bundled INT8 graph (calibrated on training photos) against fp32 on a held-out photo."""
+    reference = KeypointDetector(device="cpu", top_k=300)
+    detector = KeypointDetector(device="cpu", top_k=300, precision="int8", backend="openvino")
+    found, expected = detector(photo_bgr), reference(photo_bgr)
+    assert fraction_within(found, expected, 1.0) >= 0.9
+    nearest = torch.cdist(found.keypoints, expected.keypoints).argmin(dim=1)
+    cosine = (found.descriptors * expected.descriptors[nearest]).sum(dim=1)
+    assert float(cosine.median()) > 0.98
+
+
+# --- TensorRT (needs a GPU) ------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="TensorRT needs a CUDA GPU; none on this machine")
+def test_tensorrt_fp16_engine_agrees_with_fp32(checkpoint_path, reference, photo_bgr, tmp_path, monkeypatch) -> None:
+    pytest.importorskip("tensorrt")
+    monkeypatch.setenv("KP2D_ENGINE_CACHE", str(tmp_path))
+    detector = KeypointDetector(checkpoint_path, device="cuda", top_k=300, precision="fp16", backend="tensorrt")
+    assert fraction_within(detector(photo_bgr).numpy(), reference(photo_bgr).numpy(), 1.0) >= 0.9
+
+
+# --- command lines ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--format", "tflite", "--out", "x.tflite"], "invalid choice: 'tflite'"),
+        (["--format", "onnx", "--out", "x.xml"], "--format onnx writes .onnx files; got --out x.xml"),
+        (["--format", "onnx", "--precision", "int8", "--out", "x.onnx"], "--precision int8 needs --calibration"),
+        (
+            ["--format", "onnx", "--precision", "fp16", "--out", "x.onnx"],
+            "--format onnx takes --precision fp32 or int8",
+        ),
+        (["--checkpoint", "missing.ckpt", "--format", "onnx", "--out", "x.onnx"], "checkpoint missing.ckpt does not"),
+    ],
+)
+def test_export_usage_errors_are_one_line_and_exit_2(argv, message, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        export_main(argv)
+    assert exit_info.value.code == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in last_line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_export_tensorrt_without_cuda_says_so(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        export_main(["--format", "tensorrt", "--precision", "fp16", "--out", "x.engine"])
+    assert exit_info.value.code == 2
+    assert "no CUDA device here" in capsys.readouterr().err
+
+
+def test_evaluate_rows_keep_the_method_and_record_precision_and_backend(reference_dir, tmp_path, capsys) -> None:
+    report = tmp_path / "eval.json"
+    argv = [
+        "--checkpoint",
+        str(reference_dir / "v4_reference.ckpt"),
+        "--hpatches",
+        str(reference_dir / "mini_hpatches"),
+    ]
+    argv += ["--resolution", "320x240", "--precision", "fp32", "--precision", "bf16", "--backend", "torch"]
+    assert evaluate_main([*argv, "--quiet", "--json", str(report)]) == 0
+    runs = json.loads(report.read_text())["runs"]
+    assert [(run["method"], run["precision"], run["backend"]) for run in runs] == [
+        ("kp2d", "fp32", "torch"),
+        ("kp2d", "bf16", "torch"),
+    ]
+    fp32, bf16 = (run["summary"]["all"] for run in runs)
+    assert abs(fp32["c3"] - bf16["c3"]) <= 0.2 and "kp2d bf16/torch" in capsys.readouterr().out
+
+
+def test_evaluate_bad_precision_is_a_usage_error(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_main(["--hpatches", "x", "--precision", "fp8"])
+    assert exit_info.value.code == 2
+    assert "precision must be one of fp32, bf16, fp16, int8, auto" in capsys.readouterr().err
+
+
+def test_export_writes_openvino_ir_with_metadata(checkpoint_path, tmp_path) -> None:
+    if not HAS_OPENVINO:
+        pytest.skip("openvino not installed")
+    out = tmp_path / "kp2d.xml"
+    assert export_main(["--checkpoint", str(checkpoint_path), "--format", "openvino", "--out", str(out)]) == 0
+    import openvino
+
+    model = openvino.Core().read_model(str(out))
+    assert json.loads(model.get_rt_info(["kp2d", "stride"]).astype(str)) == 8
+    assert Path(out.with_suffix(".bin")).is_file()
