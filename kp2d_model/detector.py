@@ -498,8 +498,24 @@ class KeypointDetector:
 
     # --- steps -------------------------------------------------------------------------------------
 
+    def _check_not_thinner_than_a_cell(self, width: int, height: int) -> None:
+        """Refuse an image whose network input is under one ``stride`` cell high or wide: there is nothing to
+        detect in it, and padding it to a cell multiplies its pixels (a 1 x 1,048,576 frame became 8 x 1,048,576:
+        2.6 GB of activations for 1 MB of input)."""
+        network_w, network_h = self.input_size or (
+            scaled_size(width, height, self.input_scale) if self.input_scale is not None else (width, height)
+        )
+        if min(network_w, network_h) < self.stride:
+            side = "high" if network_h < self.stride else "wide"
+            raise ImageFormatError(
+                f"image of {width} x {height} pixels is {network_w} x {network_h} for the network, under one "
+                f"{self.stride}-pixel cell {side}: nothing to detect (padding would multiply its pixels by "
+                f"{self.network_pixels(width, height) / (network_w * network_h):.1f})"
+            )
+
     def _prepare(self, image_bgr: np.ndarray) -> _Prepared:
         height, width = image_bgr.shape[:2]
+        self._check_not_thinner_than_a_cell(width, height)
         if self.max_network_pixels is not None and self.network_pixels(width, height) > self.max_network_pixels:
             raise ImageFormatError(
                 f"image of {width} x {height} pixels becomes {self.network_pixels(width, height)} pixels for the "

@@ -38,6 +38,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from kp2d_model import CheckpointError, KeypointDetector, match_descriptors, verify_geometry
 from kp2d_model.checkpoint import default_checkpoint_path
 from kp2d_model.engines import BackendName, Precision
+from kp2d_model.image import ImageFormatError
 from kp2d_ros.camera_model import CameraInfoError, check_camera_info, normalized_coordinates
 from kp2d_ros.conversions import BACKEND, ConvertedImage, ImageInputError, compressed_to_array, image_to_array
 from kp2d_ros.debug_image import draw_debug_image
@@ -368,7 +369,7 @@ class DetectorNode(Node):
             nms_radius=s.nms_radius,
             half=self._param("half"),
             input_size=(width, height) if width and height else None,
-            input_scale=self._param("input_scale"),
+            input_scale=None if width and height else self._param("input_scale"),  # default 1.0: one or the other
             precision=self._param("precision"),
             backend=self._param("backend"),
             calibration=self._param("calibration") or None,
@@ -488,6 +489,9 @@ class DetectorNode(Node):
             except ImageInputError as error:
                 self._stats.count("rejected")
                 self._warn(f"image:{error.kind}", f"frame skipped: {error}")
+            except ImageFormatError as error:  # the detector refused the image (e.g. thinner than one cell)
+                self._stats.count("rejected")
+                self._warn("image:refused_by_detector", f"frame skipped: {error}")
             except torch.OutOfMemoryError as error:
                 self._stats.count("failed")
                 if torch.cuda.is_available():

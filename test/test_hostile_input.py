@@ -289,6 +289,40 @@ def test_thin_image_is_refused_by_the_pixels_the_network_processes(width, max_pi
     assert result["growth_mb"] < MEMORY_BUDGET_MB, result
 
 
+def test_thin_image_is_refused_at_default_settings_before_padding():
+    """1 x 1,048,576 mono8 at the default max_image_pixels: 8.4 M network pixels are under the limit, but the
+    frame is under one 8-pixel cell high, so the detector refuses it before padding (was 2.6 GB)."""
+    result = peak_memory_growth(
+        """
+        import numpy as np
+        from types import SimpleNamespace
+        from kp2d_model import KeypointDetector
+        from kp2d_ros.conversions import image_to_array
+        detector = KeypointDetector(device="cpu", top_k=100)
+        detector(np.zeros((64, 64), np.uint8))  # warm-up: the model's own memory is not counted
+        msg = SimpleNamespace(encoding="mono8", width=1_048_576, height=1, step=1_048_576, is_bigendian=0,
+                              data=bytes(1_048_576))
+        """,
+        "detector(image_to_array(msg, 4096 * 4096, detector.network_pixels).pixels)",
+    )
+    assert result["outcome"].startswith("ImageFormatError") and "under one 8-pixel cell high" in result["outcome"]
+    assert result["growth_mb"] < MEMORY_BUDGET_MB, result
+
+
+@pytest.mark.parametrize(
+    ("shape", "input_scale", "refused"),
+    [((7, 640), None, True), ((8, 640), None, False), ((640, 7), None, True), ((28, 640), 0.25, True)],
+)
+def test_detector_refuses_images_thinner_than_one_cell(reference_dir, shape, input_scale, refused):
+    detector = KeypointDetector(reference_dir / "v4_reference.ckpt", device="cpu", input_scale=input_scale)
+    image = np.zeros(shape, np.uint8)
+    if refused:
+        with pytest.raises(ImageFormatError, match="under one 8-pixel cell"):
+            detector(image)
+    else:
+        assert len(detector(image)) == 0  # a blank strip: accepted, no keypoints
+
+
 def test_network_pixel_count_includes_scaling_and_padding(reference_dir):
     from kp2d_model.detector import network_input_size
 

@@ -124,3 +124,13 @@ def test_without_a_model_the_node_says_how_to_pass_one(tmp_path):
     finally:
         process.stop()
     assert "-p model:=/path/to/model.ckpt" in process.log(), process.log()
+
+
+def test_input_width_and_height_start_the_node_at_that_network_size(tmp_path):
+    """input_width/input_height without input_scale (default 1.0) is a valid start-up, not 'not both'."""
+    process = NodeProcess("detector", ["-p", "input_width:=320", "-p", "input_height:=240"], tmp_path)
+    try:
+        log = process.wait_for_log("ready:", timeout=120)
+    finally:
+        process.stop()
+    assert "network input 320x240" in log and "not both" not in log, log
