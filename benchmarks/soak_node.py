@@ -94,6 +94,12 @@ class Client:
         return sum(int(d.get(key, "0")) for d in self.diagnostics)
 
 
+def floor_mb(samples: list[dict], start_s: float, end_s: float) -> float | None:
+    """Lowest VmRSS (MB) among the samples taken from ``start_s`` to ``end_s`` (None: no sample there)."""
+    values = [sample["VmRSS"] for sample in samples if start_s <= sample["t_s"] <= end_s]
+    return round(min(values) / 1024, 1) if values else None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=600.0)
@@ -180,6 +186,7 @@ def main() -> int:
 
     text = log_path.read_text(errors="replace")
     warmup = warmup or start
+    floors = [floor_mb(samples, args.warmup, args.warmup + 60.0), floor_mb(samples, publish_seconds - 60.0, 1e9)]
     result = {
         "seconds": round(publish_seconds, 1),
         "resolution": f"{WIDTH}x{HEIGHT}",
@@ -202,6 +209,13 @@ def main() -> int:
             "peak": round(end["VmHWM"] / 1024, 1),
         },
         "growth_after_warmup_percent": round(100.0 * (end["VmRSS"] - warmup["VmRSS"]) / warmup["VmRSS"], 2),
+        # RSS swings ~100 MB within a frame (activations come and go): the floor (lowest sample) of the minute
+        # after warm-up against that of the last minute compares like with like.
+        "rss_floor_mb": {
+            "first_minute_after_warmup": floors[0],
+            "last_minute": floors[1],
+        },
+        "floor_growth_percent": round(100.0 * (floors[1] - floors[0]) / floors[0], 2) if all(floors) else None,
         "samples": samples,
         "environment": {
             "cpu_count": os.cpu_count(),
