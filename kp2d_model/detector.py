@@ -34,7 +34,7 @@ from kp2d_model import engines
 from kp2d_model.checkpoint import CheckpointError, default_checkpoint_path, load_keypoint_net
 from kp2d_model.engines import BackendName, DenseHeads, EngineChoice, EngineError, Precision
 from kp2d_model.image import ImageFormatError, to_bgr
-from kp2d_model.networks import KeypointNet, KeypointResnet, border_mask, cell_keypoints, sample_descriptors
+from kp2d_model.networks import KeypointNet, KeypointResnet, sample_descriptors, score_and_coord
 
 __all__ = [
     "Detections",
@@ -498,35 +498,36 @@ class KeypointDetector:
 
     # --- steps -------------------------------------------------------------------------------------
 
-    def _check_not_thinner_than_a_cell(self, width: int, height: int) -> None:
-        """Refuse an image whose network input is under one ``stride`` cell high or wide: there is nothing to
-        detect in it, and padding it to a cell multiplies its pixels (a 1 x 1,048,576 frame became 8 x 1,048,576:
-        2.6 GB of activations for 1 MB of input)."""
-        network_w, network_h = self.input_size or (
-            scaled_size(width, height, self.input_scale) if self.input_scale is not None else (width, height)
-        )
+    def _check_network_size(self, image_size: tuple[int, int], network_size: tuple[int, int]) -> None:
+        """Refuse an image before the network allocates anything for it (ImageFormatError naming the sizes):
+
+        - under one ``stride`` cell high or wide (``network_size``, before padding): nothing to detect, and padding
+          multiplies its pixels (a 1 x 1,048,576 frame became 8 x 1,048,576: 2.6 GB of activations for 1 MB);
+        - more network pixels (scaled and padded) than ``max_network_pixels``."""
+        (width, height), (network_w, network_h) = image_size, network_size
+        padded_w, padded_h = network_input_size(network_w, network_h, self.stride)
         if min(network_w, network_h) < self.stride:
             side = "high" if network_h < self.stride else "wide"
             raise ImageFormatError(
                 f"image of {width} x {height} pixels is {network_w} x {network_h} for the network, under one "
                 f"{self.stride}-pixel cell {side}: nothing to detect (padding would multiply its pixels by "
-                f"{self.network_pixels(width, height) / (network_w * network_h):.1f})"
+                f"{padded_w * padded_h / (network_w * network_h):.1f})"
+            )
+        if self.max_network_pixels is not None and padded_w * padded_h > self.max_network_pixels:
+            raise ImageFormatError(
+                f"image of {width} x {height} pixels becomes {padded_w * padded_h} pixels for the "
+                f"network (scaled and padded to a multiple of {self.stride}), over max_network_pixels="
+                f"{self.max_network_pixels}"
             )
 
     def _prepare(self, image_bgr: np.ndarray) -> _Prepared:
         height, width = image_bgr.shape[:2]
-        self._check_not_thinner_than_a_cell(width, height)
-        if self.max_network_pixels is not None and self.network_pixels(width, height) > self.max_network_pixels:
-            raise ImageFormatError(
-                f"image of {width} x {height} pixels becomes {self.network_pixels(width, height)} pixels for the "
-                f"network (scaled and padded to a multiple of {self.stride}), over max_network_pixels="
-                f"{self.max_network_pixels}"
-            )
-        resized = image_bgr
-        network_size = self.input_size
+        network_size = self.input_size or (width, height)  # input_size and input_scale are never both set
         if self.input_scale is not None:
             network_size = scaled_size(width, height, self.input_scale)
-        if network_size is not None and network_size != (width, height):
+        self._check_network_size((width, height), network_size)
+        resized = image_bgr
+        if network_size != (width, height):
             resized = cv2.resize(image_bgr, network_size, interpolation=cv2.INTER_LINEAR)
         h, w = resized.shape[:2]
         pad_h, pad_w = -h % self.stride, -w % self.stride
@@ -546,10 +547,9 @@ class KeypointDetector:
         dense = self.engine.forward(batch_bgr)
         height, width = batch_bgr.shape[1:3]
         with torch.inference_mode():
-            score, center_shift = dense.score.float(), dense.center_shift.float()
-            cells_h, cells_w = score.shape[2:]
-            score = score * border_mask(cells_h, cells_w, score.dtype, score.device)
-            coord = cell_keypoints(center_shift, self.cell, self.cross_ratio, height, width)
+            score, coord = score_and_coord(
+                dense.score.float(), dense.center_shift.float(), self.cell, self.cross_ratio, height, width
+            )
         return score, coord, dense.features.float()
 
     def run_dense(self, batch_bgr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

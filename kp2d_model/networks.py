@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["KeypointNet", "KeypointResnet", "InlierNet", "cell_grid", "border_mask"]
+__all__ = ["KeypointNet", "KeypointResnet", "InlierNet", "cell_grid", "border_mask", "score_and_coord"]
 
 
 def cell_grid(batch: int, height: int, width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -47,6 +47,16 @@ def cell_keypoints(center_shift: torch.Tensor, cell: int, cross_ratio: float, he
     x = coord[:, 0].clamp(0, width - 1)
     y = coord[:, 1].clamp(0, height - 1)
     return torch.stack([x, y], dim=1)
+
+
+def score_and_coord(
+    score: torch.Tensor, center_shift: torch.Tensor, cell: int, cross_ratio: float, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The heads' raw score ``(B, 1, Hc, Wc)`` and ``tanh`` shift ``(B, 2, Hc, Wc)`` of an ``height x width``
+    input -> (score with the border cells zeroed, pixel coordinates ``(B, 2, Hc, Wc)``; :func:`cell_keypoints`)."""
+    cells_h, cells_w = score.shape[2:]
+    score = score * border_mask(cells_h, cells_w, score.dtype, score.device)
+    return score, cell_keypoints(center_shift, cell, cross_ratio, height, width)
 
 
 def sample_descriptors(
@@ -144,9 +154,7 @@ class KeypointNet(nn.Module):
         """x: ``(B, C, H, W)`` normalised image -> ``(score, coord, desc)`` (see module docstring)."""
         _, _, height, width = x.shape
         score, center_shift, feat = self.heads(x)
-        _, _, cells_h, cells_w = score.shape
-        score = score * border_mask(cells_h, cells_w, score.dtype, score.device)
-        coord = cell_keypoints(center_shift, self.cell, self.cross_ratio, height, width)
+        score, coord = score_and_coord(score, center_shift, self.cell, self.cross_ratio, height, width)
         if self.training:
             return score, coord, feat
         return score, coord, sample_descriptors(feat, coord, height, width, align_corners=True)
@@ -298,9 +306,7 @@ class KeypointResnet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         _, _, height, width = x.shape
         score, center_shift, feat = self.heads(x)
-        _, _, cells_h, cells_w = score.shape
-        score = score * border_mask(cells_h, cells_w, score.dtype, score.device)
-        coord = cell_keypoints(center_shift, self.cell, self.cross_ratio, height, width)
+        score, coord = score_and_coord(score, center_shift, self.cell, self.cross_ratio, height, width)
         if self.training:
             return score, coord, feat
         return score, coord, sample_descriptors(feat, coord, height, width, align_corners=False)
