@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import sys
 
+from kp2d_ros.library_cli import run_library_cli
+
 
 def main(argv: list[str] | None = None) -> int:
-    """Forward ``argv`` (default: sys.argv) to ``kp2d_model.track_bench.cli.main``, without ``--ros-args ...``."""
-    from kp2d_model.track_bench.cli import main as cli_main  # imported here: torch loads only when the tool runs
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--ros-args" in argv:
-        argv = argv[: argv.index("--ros-args")]
-    return int(cli_main(argv) or 0)
+    """``kp2d_model.track_bench.cli.main`` on ``argv`` (default: sys.argv) without ``--ros-args ...``."""
+    return run_library_cli("kp2d_model.track_bench.cli", argv)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from kp2d_model.evaluation.cli import input_scale, positive_int
 from kp2d_model.evaluation.synthetic import BenchmarkInputError, held_out_photos, photos_in_folder, read_photo
 from kp2d_model.track_bench.bench import RATES, photos_for, run_benchmark
 from kp2d_model.track_bench.frontends import (
@@ -40,18 +41,8 @@ SUMMARY_COLUMNS = (
 )
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _frames(text: str) -> int:
-    value = _positive_int(text)
+    value = positive_int(text)
     if value < 2:
         raise argparse.ArgumentTypeError(f"a sequence needs at least 2 frames, got {text!r}")
     return value
@@ -78,15 +69,6 @@ def _resolution(text: str) -> tuple[int, int]:
     return width, height
 
 
-def _input_scale(text: str) -> float:
-    from kp2d_model.detector import check_input_scale
-
-    try:
-        return check_input_scale(float(text))
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROGRAM,
@@ -100,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fps", type=_positive_float, default=30.0, help="camera frame rate (default 30)")
     parser.add_argument("--sequence", action="append", choices=SEQUENCE_NAMES, help="repeatable (default: all of them)")
     parser.add_argument(
-        "--photos-per-sequence", type=_positive_int, default=1, help="each sequence runs on this many photos (1)"
+        "--photos-per-sequence", type=positive_int, default=1, help="each sequence runs on this many photos (1)"
     )
     parser.add_argument("--resolution", type=_resolution, default=(640, 480), help="frame size (default 640x480)")
     parser.add_argument(
@@ -113,11 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
         "row each (default: the detector's own default, float32)",
     )
     parser.add_argument(
-        "--input-scale", type=_input_scale, action="append", help="kp2d: input_scale; repeatable, one row each"
+        "--input-scale", type=input_scale, action="append", help="kp2d: input_scale; repeatable, one row each"
     )
     parser.add_argument("--checkpoint", type=Path, help="kp2d checkpoint (default: the bundled default model)")
     parser.add_argument("--device", default="cpu", help="kp2d device (default cpu)")
-    parser.add_argument("--top-k", type=_positive_int, default=1000, help="kp2d/orb/sift points per frame (1000)")
+    parser.add_argument("--top-k", type=positive_int, default=1000, help="kp2d/orb/sift points per frame (1000)")
     parser.add_argument(
         "--ratio", type=float, default=0.0, help="Lowe ratio test for kp2d/orb/sift (node's matching.ratio; 0: off)"
     )
