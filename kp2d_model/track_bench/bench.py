@@ -9,11 +9,23 @@ from typing import Any
 
 import numpy as np
 
+from kp2d_model.motion_prediction import GyroCoverageError, integrate_gyro
 from kp2d_model.track_bench.frontends import timed
 from kp2d_model.track_bench.metrics import FrameRecord, RunResult, TrackRuns, correct_links, real_rate_schedule
 from kp2d_model.track_bench.sequences import Sequence as FrameSequence
 
 RATES = ("every_frame", "real_rate")
+
+
+def stride_of(rate: str) -> int | None:
+    """``"every_N_frames"`` (N >= 2: frames 0, N, 2N, ... processed, a slow detector's gaps without the machine's
+    timing) -> N; the two ``RATES`` -> None; anything else: ValueError."""
+    if rate in RATES:
+        return None
+    parts = rate.split("_")
+    if len(parts) == 3 and parts[0] == "every" and parts[2] == "frames" and parts[1].isdigit() and int(parts[1]) >= 2:
+        return int(parts[1])
+    raise ValueError(f"rate must be one of {RATES} or every_N_frames (N >= 2), got {rate!r}")
 
 
 @dataclass
@@ -31,15 +43,18 @@ def run_sequence(
 ) -> list[int]:
     """Run ``front_end`` (reset first) over ``sequence`` at ``rate`` ("every_frame" or "real_rate"), adding frame
     records and correct-track lengths to ``result``; returns the processed frame indices."""
-    if rate not in RATES:
-        raise ValueError(f"rate must be one of {RATES}, got {rate!r}")
+    stride = stride_of(rate)
     key = f"{sequence.name}/{sequence.photo}"
     front_end.reset()
     runs = TrackRuns()
     last: list[int] = []  # the previous processed frame index
 
     def process(index: int) -> float:
-        frame_result, ms = timed(front_end, sequence.frames[index])
+        gyro = {}
+        if getattr(front_end, "uses_gyro", False):
+            gyro = {"rotation": gyro_rotation(sequence, last[0], index) if last else None}
+            gyro["camera_matrix"] = sequence.camera_matrix
+        frame_result, ms = timed(front_end, sequence.frames[index], **gyro)
         has_previous = bool(last)
         if has_previous:
             homography = sequence.homography(last[0], index)
@@ -60,8 +75,8 @@ def run_sequence(
         return ms
 
     previous: list[np.ndarray] = [np.zeros((0, 2), np.float32)]
-    if rate == "every_frame":
-        processed = list(range(len(sequence)))
+    if rate == "every_frame" or stride is not None:
+        processed = list(range(0, len(sequence), stride or 1))
         for index in processed:
             process(index)
     else:
@@ -73,6 +88,18 @@ def run_sequence(
     result.track_lengths_by_sequence.setdefault(sequence.name, []).extend(lengths)
     result.frames_total[key] = len(sequence)
     return processed
+
+
+def gyro_rotation(sequence: FrameSequence, from_index: int, to_index: int) -> np.ndarray | None:
+    """The sequence's synthetic gyro integrated from frame ``from_index`` to ``to_index`` (frame t at t / fps):
+    camera rotation ``R_cur_prev`` (3, 3) (the gyro is in camera axes), or None without gyro / coverage."""
+    if sequence.gyro_stamps_ns is None or sequence.gyro_rates is None:
+        return None
+    start, end = (round(i * 1e9 / sequence.fps) for i in (from_index, to_index))
+    try:
+        return integrate_gyro(sequence.gyro_stamps_ns, sequence.gyro_rates, start, end)
+    except GyroCoverageError:
+        return None
 
 
 def warm_up(front_end: Any, image: np.ndarray, repeats: int = 2) -> None:

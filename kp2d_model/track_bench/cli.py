@@ -12,6 +12,7 @@ import os
 import platform
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -19,7 +20,7 @@ import numpy as np
 
 from kp2d_model.evaluation.cli import input_scale, positive_int
 from kp2d_model.evaluation.synthetic import BenchmarkInputError, held_out_photos, photos_in_folder, read_photo
-from kp2d_model.track_bench.bench import RATES, photos_for, run_benchmark
+from kp2d_model.track_bench.bench import RATES, photos_for, run_benchmark, stride_of
 from kp2d_model.track_bench.frontends import (
     GEOMETRY_MODELS,
     METHOD_NAMES,
@@ -28,9 +29,10 @@ from kp2d_model.track_bench.frontends import (
     build_front_end,
 )
 from kp2d_model.track_bench.metrics import summarize
-from kp2d_model.track_bench.sequences import SEQUENCE_NAMES, SequenceError, make_sequence
+from kp2d_model.track_bench.sequences import ALL_SEQUENCE_NAMES, SEQUENCE_NAMES, SequenceError, make_sequence
 
 PROGRAM = "kp2d-track-bench"
+GYRO_RADIUS = 20.0  # px, --gyro's prediction radius
 SUMMARY_COLUMNS = (
     ("correct_matches_per_frame", "correct / frame", "{:.1f}"),
     ("precision", "precision", "{:.3f}"),
@@ -58,6 +60,14 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _rate(text: str) -> str:
+    try:
+        stride_of(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def _resolution(text: str) -> tuple[int, int]:
     parts = text.lower().split("x")
     try:
@@ -80,7 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="photo choice and sensor noise seed (default 0)")
     parser.add_argument("--frames", type=_frames, default=45, help="frames per sequence (default 45: 1.5 s at 30 fps)")
     parser.add_argument("--fps", type=_positive_float, default=30.0, help="camera frame rate (default 30)")
-    parser.add_argument("--sequence", action="append", choices=SEQUENCE_NAMES, help="repeatable (default: all of them)")
+    parser.add_argument(
+        "--sequence",
+        action="append",
+        choices=ALL_SEQUENCE_NAMES,
+        help="repeatable (default: all but the gyro_* ones, which carry a synthetic gyro for --gyro)",
+    )
     parser.add_argument(
         "--photos-per-sequence", type=positive_int, default=1, help="each sequence runs on this many photos (1)"
     )
@@ -112,7 +127,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--geometry-threshold", type=_positive_float, default=3.0, help="inlier threshold px (default 3)"
     )
-    parser.add_argument("--rate", choices=RATES, action="append", help="repeatable (default: both)")
+    parser.add_argument(
+        "--gyro",
+        action="store_true",
+        help="kp2d/sift: also run each with IMU-aided matching (row label +_gyro): candidates within --gyro-radius "
+        "of the synthetic gyro's prediction K R K^-1 (gyro_* sequences; others run unrestricted)",
+    )
+    parser.add_argument(
+        "--gyro-radius", type=_positive_float, default=GYRO_RADIUS, help=f"px (default {GYRO_RADIUS:g})"
+    )
+    parser.add_argument(
+        "--rate",
+        type=_rate,
+        action="append",
+        help="every_frame, real_rate, or every_N_frames (frames 0, N, 2N, ...: a slow detector's gaps, independent "
+        "of the machine's speed); repeatable (default: every_frame and real_rate)",
+    )
     parser.add_argument("--json", type=Path, help="write the summaries (and per-sequence ones) to this JSON file")
     parser.add_argument("--plots", type=Path, help="write per-frame curves and a track picture to this folder")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -139,21 +169,28 @@ def build_front_ends(args: argparse.Namespace) -> dict:
     settings = MatchingSettings(
         top_k=args.top_k, ratio=args.ratio, geometry=args.geometry, geometry_threshold=args.geometry_threshold
     )
+    gyro_settings = replace(settings, gyro_radius=args.gyro_radius)
     front_ends = {}
     for method in args.method or list(METHOD_NAMES):
         if method == "kp2d":
             checkpoint = None if args.checkpoint is None else str(args.checkpoint)
             for label, options in _kp2d_variants(args):
                 front_ends[label] = build_front_end("kp2d", settings, checkpoint, args.device, **options)
+                if args.gyro:
+                    front_ends[label + "_gyro"] = build_front_end(
+                        "kp2d", gyro_settings, checkpoint, args.device, **options
+                    )
         else:
             front_ends[method] = build_front_end(method, settings)
+            if args.gyro and method == "sift":
+                front_ends[method + "_gyro"] = build_front_end(method, gyro_settings)
     return front_ends
 
 
 def _sequences(args: argparse.Namespace, photos: list, progress: bool):
     names = args.sequence or list(SEQUENCE_NAMES)
     for name in names:
-        for index in photos_for(SEQUENCE_NAMES.index(name), len(photos), args.photos_per_sequence, args.seed):
+        for index in photos_for(ALL_SEQUENCE_NAMES.index(name), len(photos), args.photos_per_sequence, args.seed):
             photo = photos[index]
             sequence = make_sequence(
                 read_photo(photo.path), name, args.frames, args.resolution, args.fps, args.seed, photo.name
@@ -170,10 +207,14 @@ def format_tables(summaries: list[dict]) -> str:
     for run in summaries:
         values = [fmt.format(run["summary"][key]) for key, _, fmt in SUMMARY_COLUMNS]
         lines.append(f"| {run['method']} | {run['rate'].replace('_', ' ')} | " + " | ".join(values) + " |")
-    every = [run for run in summaries if run["rate"] == "every_frame"]
-    if every:
+    per_sequence_rates = ["every_frame"] + [r for r in dict.fromkeys(run["rate"] for run in summaries) if stride_of(r)]
+    for rate in per_sequence_rates:
+        every = [run for run in summaries if run["rate"] == rate]
+        if not every:
+            continue
         names = list(every[0]["sequences"])
-        lines += ["", "Every frame, per sequence: correct matches / frame (precision)", ""]
+        title = rate.replace("_", " ").capitalize()
+        lines += ["", f"{title}, per sequence: correct matches / frame (precision)", ""]
         lines.append("| method | " + " | ".join(names) + " |")
         lines.append("|" + "---|" * (1 + len(names)))
         for run in every:

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import inspect
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
 
 from kp2d_model.matching import match_descriptors, verify_geometry
+from kp2d_model.motion_prediction import allowed_near_prediction, predict_points
 from kp2d_model.tracks import TrackIds, carry_tracks
 
 METHOD_NAMES = ("kp2d", "klt", "orb", "sift")
@@ -41,6 +42,7 @@ class MatchingSettings:
     geometry: str = "none"
     geometry_threshold: float = 3.0  # px
     prediction_radius: float = 0.0  # px; > 0: guided matching around the last motion's prediction (not in the node)
+    gyro_radius: float = 0.0  # px; > 0: IMU-aided matching around the gyro rotation's prediction (uses_gyro)
 
 
 @dataclass
@@ -97,12 +99,24 @@ class DescriptorFrontEnd:
         )
         return _numpy_int64(matches.index_a), _numpy_int64(matches.index_b)
 
-    def __call__(self, image_bgr: np.ndarray) -> FrameResult:
+    @property
+    def uses_gyro(self) -> bool:
+        """Whether the benchmark should pass ``rotation`` / ``camera_matrix`` (IMU-aided matching is on)."""
+        return self.settings.gyro_radius > 0
+
+    def __call__(
+        self, image_bgr: np.ndarray, rotation: np.ndarray | None = None, camera_matrix: np.ndarray | None = None
+    ) -> FrameResult:
+        """One frame; ``rotation``: the gyro's camera rotation ``R_cur_prev`` since the previous frame and
+        ``camera_matrix`` K (3, 3) (no distortion): with ``gyro_radius`` > 0, matching is restricted to that
+        radius around ``K R K^-1`` of the previous points (``kp2d_model.motion_prediction``)."""
         points, descriptors = self.detect(image_bgr)
         previous = self._previous
         if previous is not None:
             allowed = None
-            if self.settings.prediction_radius > 0 and self._last_motion is not None:
+            if self.settings.gyro_radius > 0 and rotation is not None and camera_matrix is not None:
+                allowed = gyro_allowed(previous.points, points, rotation, camera_matrix, self.settings.gyro_radius)
+            elif self.settings.prediction_radius > 0 and self._last_motion is not None:
                 predicted = _project(previous.points, self._last_motion)  # constant motion: same H again
                 gap = np.linalg.norm(predicted[:, None, :] - points[None, :, :], axis=2)
                 allowed = gap <= self.settings.prediction_radius
@@ -135,6 +149,25 @@ class DescriptorFrontEnd:
         )
         self._previous = _Previous(points, descriptors, tracks)
         return FrameResult(points, tracks, previous_index, current_index)
+
+
+def gyro_allowed(
+    previous_points: np.ndarray, points: np.ndarray, rotation: np.ndarray, camera_matrix: np.ndarray, radius: float
+) -> np.ndarray:
+    """``(P, N)`` candidates within ``radius`` px of the previous points moved by ``K R K^-1`` (pinhole K)."""
+    k = np.asarray(camera_matrix, np.float64)
+    normalized = (np.asarray(previous_points, np.float64) - k[:2, 2]) / k[[0, 1], [0, 1]]
+    predicted = predict_points(normalized, rotation, PinholeCamera(k))
+    return allowed_near_prediction(predicted, points, radius)
+
+
+@dataclass(frozen=True)
+class PinholeCamera:
+    """The attributes ``predict_points`` reads, for an undistorted camera."""
+
+    k: np.ndarray
+    d: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    model: str = "none"
 
 
 def _project(points: np.ndarray, homography: np.ndarray) -> np.ndarray:
@@ -360,8 +393,8 @@ def build_front_end(
     raise FrontEndError(f"unknown method {method!r}; expected one of {', '.join(METHOD_NAMES)}")
 
 
-def timed(front_end: Any, image_bgr: np.ndarray) -> tuple[FrameResult, float]:
-    """Run one frame; ``(result, milliseconds)`` of wall time."""
+def timed(front_end: Any, image_bgr: np.ndarray, **inputs: Any) -> tuple[FrameResult, float]:
+    """Run one frame (``inputs``: extra keyword arguments, e.g. the gyro's); ``(result, milliseconds)`` of wall time."""
     start = time.perf_counter()
-    result = front_end(image_bgr)
+    result = front_end(image_bgr, **inputs)
     return result, (time.perf_counter() - start) * 1e3

@@ -18,6 +18,14 @@ Image effects, applied in this order:
 
 The views always stay inside the photo (the trajectory's amplitude is shrunk until they do), so no frame
 shows border fill.
+
+Gyro sequences (``GYRO_SEQUENCE_NAMES``, not in the default set): the camera only rotates, about its centre,
+with a pinhole ``K`` (``camera_matrix``): the photo is what a reference camera sees, and the camera at time ``s``
+with orientation ``R(s)`` (camera -> reference, axis-angle ``Motion.rotation``) sees ``K R(s)^T K^-1`` of it, so
+frame-to-frame homographies are exactly ``K R_cur_prev K^-1``. Such a sequence carries a synthetic gyro
+(``gyro_stamps_ns``, ``gyro_rates`` in camera axes): the body rate ``w`` of ``R(s)`` (``dR/ds = R [w]_x``, by a
+central difference of the rotation's log over 0.1 ms) sampled at ``GYRO_RATE_HZ``, plus a constant bias and white
+noise from the sequence's own seeded generator (``GYRO_BIAS``, ``GYRO_NOISE``: a MEMS gyro's order of magnitude).
 """
 
 from __future__ import annotations
@@ -32,6 +40,10 @@ import numpy as np
 from kp2d_model.evaluation.synthetic import prepare_photo, view_quadrilateral
 
 MAX_BLUR_SAMPLES = 16
+GYRO_RATE_HZ = 200.0
+GYRO_BIAS = 0.005  # rad/s per axis (random sign), constant over the sequence
+GYRO_NOISE = 0.005  # rad/s per axis per sample, Gaussian
+FOCAL_PER_WIDTH = 0.8  # gyro sequences' pinhole focal length as a share of the frame width (~64 deg wide)
 CROP_FRACTION = 0.55  # the reference view's share of the photo: room to pan, roll and zoom inside it
 
 
@@ -54,6 +66,7 @@ class Motion:
     exposure: float = 0.1
     gain: Callable[[float], float] = field(default=lambda s: 1.0)
     contrast: Callable[[float], float] = field(default=lambda s: 1.0)
+    rotation: Callable[[float], np.ndarray] | None = None  # gyro sequences: seconds -> camera axis-angle (rad)
 
 
 def _wave(s: float, period: float, phase: float = 0.0) -> float:
@@ -136,6 +149,42 @@ MOTIONS: dict[str, Motion] = {
 }
 SEQUENCE_NAMES = tuple(MOTIONS)
 
+# Pure camera rotations (x right, y down, z forward; axis-angle of camera -> reference) with a synthetic gyro.
+GYRO_MOTIONS: dict[str, Motion] = {
+    motion.name: motion
+    for motion in (
+        Motion(
+            "gyro_roll",
+            "pure rotation: fast roll (up to ~14 deg/frame) with a slow pan and tilt, exposure 20 % of the period",
+            lambda s: np.zeros(6),
+            exposure=0.2,
+            rotation=lambda s: np.array([0.04 * _wave(s, 2.0, 1.0), 0.08 * _wave(s, 3.0), 0.9 * _wave(s, 0.75)]),
+        ),
+        Motion(
+            "gyro_pan",
+            "pure rotation: fast pan (yaw up to ~7 deg/frame, ~60 px/frame) with tilt and roll, exposure 20 %",
+            lambda s: np.zeros(6),
+            exposure=0.2,
+            rotation=lambda s: np.array([0.06 * _wave(s, 0.45, 0.5), 0.32 * _wave(s, 0.5), 0.25 * _wave(s, 0.65, 2.0)]),
+        ),
+        Motion(
+            "gyro_shake",
+            "pure rotation: hand-held shake, fast reversals about all three axes (up to ~5 deg/frame), exposure 20 %",
+            lambda s: np.zeros(6),
+            exposure=0.2,
+            rotation=lambda s: np.array(
+                [
+                    0.05 * _wave(s, 0.45) + 0.03 * _wave(s, 0.23, 1.0),
+                    0.07 * _wave(s, 0.55, 2.0) + 0.03 * _wave(s, 0.31),
+                    0.12 * _wave(s, 0.5, 0.7),
+                ]
+            ),
+        ),
+    )
+}
+GYRO_SEQUENCE_NAMES = tuple(GYRO_MOTIONS)
+ALL_SEQUENCE_NAMES = SEQUENCE_NAMES + GYRO_SEQUENCE_NAMES
+
 
 @dataclass
 class Sequence:
@@ -148,6 +197,9 @@ class Sequence:
     frames: np.ndarray
     photo_to_frame: np.ndarray
     amplitude: float  # share of the motion's full amplitude that fits inside the photo
+    camera_matrix: np.ndarray | None = None  # gyro sequences: (3, 3) pinhole K (no distortion)
+    gyro_stamps_ns: np.ndarray | None = None  # gyro sequences: (S,) int64, frame t is at t / fps seconds
+    gyro_rates: np.ndarray | None = None  # gyro sequences: (S, 3) rad/s, camera axes
 
     def __len__(self) -> int:
         return int(self.frames.shape[0])
@@ -156,6 +208,24 @@ class Sequence:
         """Frame ``from_index`` px -> frame ``to_index`` px: ``H_to @ inv(H_from)`` (3, 3)."""
         h = self.photo_to_frame[to_index] @ np.linalg.inv(self.photo_to_frame[from_index])
         return h / h[2, 2]
+
+
+def camera_matrix_for(out_size: tuple[int, int]) -> np.ndarray:
+    """The gyro sequences' pinhole ``K`` (3, 3) for ``(width, height)``: focal ``FOCAL_PER_WIDTH`` x width, centred."""
+    width, height = out_size
+    focal = FOCAL_PER_WIDTH * width
+    return np.array([[focal, 0.0, (width - 1) / 2], [0.0, focal, (height - 1) / 2], [0.0, 0.0, 1.0]])
+
+
+def rotation_matrix(rotation_vector: np.ndarray) -> np.ndarray:
+    """Axis-angle (3,) -> (3, 3) (Rodrigues)."""
+    return cv2.Rodrigues(np.asarray(rotation_vector, np.float64).reshape(3, 1))[0]
+
+
+def _body_rate(orientation: Callable[[float], np.ndarray], s: float, step: float = 1e-4) -> np.ndarray:
+    """Body angular velocity (3,) rad/s of ``orientation`` (camera -> reference) at ``s``: log(R(s-h)^T R(s+h)) / 2h."""
+    delta = orientation(s - step).T @ orientation(s + step)
+    return cv2.Rodrigues(delta)[0].reshape(3) / (2 * step)
 
 
 def _view_homography(state: np.ndarray, out_size: tuple[int, int], crop: np.ndarray) -> np.ndarray:
@@ -209,15 +279,16 @@ def make_sequence(
     gain, contrast or noise), for checking the geometry. The noise is drawn from a generator seeded by
     ``(seed, name, photo_name)``.
     """
-    if name not in MOTIONS:
-        raise SequenceError(f"unknown sequence {name!r}; expected one of {', '.join(SEQUENCE_NAMES)}")
+    if name not in MOTIONS and name not in GYRO_MOTIONS:
+        raise SequenceError(f"unknown sequence {name!r}; expected one of {', '.join(ALL_SEQUENCE_NAMES)}")
     if num_frames < 2:
         raise SequenceError(f"a sequence needs at least 2 frames, got {num_frames}")
     if min(out_size) < 32:
         raise SequenceError(f"frame size must be at least 32x32 px, got {out_size[0]}x{out_size[1]}")
     if not fps > 0:
         raise SequenceError(f"fps must be positive, got {fps}")
-    motion = MOTIONS[name]
+    motion = MOTIONS[name] if name in MOTIONS else GYRO_MOTIONS[name]
+    k = camera_matrix_for(out_size)
     photo, crop = prepare_photo(photo, out_size, CROP_FRACTION)
     photo_size = (photo.shape[1], photo.shape[0])
     times = np.arange(num_frames) / fps
@@ -226,7 +297,12 @@ def make_sequence(
     amplitude = 1.0
     for _ in range(40):
 
+        def orientation(s: float, amplitude: float = amplitude) -> np.ndarray:
+            return rotation_matrix(amplitude * motion.rotation(s))
+
         def view(s: float, amplitude: float = amplitude) -> np.ndarray:
+            if motion.rotation is not None:
+                return k @ orientation(s, amplitude).T @ np.linalg.inv(k) @ crop
             return _view_homography(amplitude * motion.state(s), out_size, crop)
 
         checked = [view(s + d) for s in times for d in {-half_exposure, 0.0, half_exposure}]
@@ -254,4 +330,13 @@ def make_sequence(
             image = image.mean() + contrast * (image - image.mean())
         image = image + rng.normal(0.0, noise_sigma, image.shape)
         frames[index] = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    return Sequence(name, photo_name, fps, frames, photo_to_frame, amplitude)
+    if motion.rotation is None:
+        return Sequence(name, photo_name, fps, frames, photo_to_frame, amplitude)
+    gyro_rng = np.random.default_rng([seed, zlib.crc32(f"gyro/{name}/{photo_name}".encode())])
+    last_s = (num_frames - 1) / fps
+    gyro_stamps = np.arange(-2, int(np.ceil(last_s * GYRO_RATE_HZ)) + 3) * (1e9 / GYRO_RATE_HZ)
+    gyro_stamps = np.rint(gyro_stamps).astype(np.int64)
+    rates = np.array([_body_rate(orientation, t * 1e-9) for t in gyro_stamps])
+    bias = GYRO_BIAS * gyro_rng.choice([-1.0, 1.0], size=3)
+    rates = rates + bias + gyro_rng.normal(0.0, GYRO_NOISE, rates.shape) if effects else rates
+    return Sequence(name, photo_name, fps, frames, photo_to_frame, amplitude, k, gyro_stamps, rates)
