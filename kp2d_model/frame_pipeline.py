@@ -17,8 +17,13 @@ A stamp earlier than the previous frame's resets the pipeline (no matching, fres
 next unused id); the record says so (``reset``). ``vins_features`` selects the tracked inliers of a record in
 VINS-Fusion's feature_tracker layout.
 
-Deviations from the agreed API (docs in /work/notes/pipeline_api.md): ``rotation`` / ``prediction_radius`` are
-added by the IMU work. Additions: :attr:`FramePipeline.previous_stamp_ns` (the stamp a backwards frame was
+**IMU-aided matching** (``step(rotation=)`` with intrinsics and ``MatchConfig.prediction_radius``): before
+stage 2 the previous frame's points are moved by the camera rotation (``K R K^-1`` on undistorted points, then
+the lens distortion again: ``kp2d_model.motion_prediction``) into ``FrameRecord.predicted_points``, and a current
+keypoint is a candidate for a previous one only within ``prediction_radius`` pixels of its prediction.
+
+Deviations from the agreed API (docs in /work/notes/pipeline_api.md): none for ``rotation`` /
+``prediction_radius``. Additions: :attr:`FramePipeline.previous_stamp_ns` (the stamp a backwards frame was
 compared with, for the node's warning), :attr:`FrameRecord.carried` (the pairs that carried a track),
 ``keep_mask`` and ``MaskSizeError``. The detector must take the per-call keyword overrides ``top_k``,
 ``score_threshold``, ``nms_radius`` and ``mask`` (``KeypointDetector.__call__`` does; a subclass overriding
@@ -37,6 +42,7 @@ from kp2d_model.camera import Intrinsics, normalized_coordinates
 from kp2d_model.detector import KeypointDetector
 from kp2d_model.image import ImageFormatError
 from kp2d_model.matching import match_descriptors, verify_geometry
+from kp2d_model.motion_prediction import allowed_near_prediction, check_rotation, predict_points
 from kp2d_model.tracks import TrackIds, carry_tracks
 
 __all__ = [
@@ -67,10 +73,14 @@ class MatchConfig:
     max_distance: float | None = None
     geometry: str = "none"
     geometry_threshold: float = 3.0
+    prediction_radius: float | None = None  # pixels; used only when step() gets a rotation (IMU) and intrinsics
 
     def __post_init__(self) -> None:
         if self.geometry not in GEOMETRY_MODELS:
             raise ValueError(f"geometry must be one of {', '.join(GEOMETRY_MODELS)}, got {self.geometry!r}")
+        radius = self.prediction_radius
+        if radius is not None and not (np.isfinite(radius) and radius > 0):
+            raise ValueError(f"prediction_radius must be a positive number of pixels (or None), got {radius!r}")
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,8 @@ class FrameRecord:
     normalized ``(N, 2)`` float64 undistorted (x, y) of the ray (x, y, 1), None without intrinsics. velocity
     ``(N, 2)`` float64 normalised units per second since the previous frame (0 for new tracks), None without
     intrinsics or previous frame. reset: the stamp went backwards. inference_ms: the detector call.
+    predicted_points ``(P, 2)`` float64 px: the previous frame's points moved by ``step``'s rotation (NaN for
+    points turned out of view), None when no rotation was used.
     """
 
     stamp_ns: int
@@ -191,18 +203,42 @@ def detect(
     return detections.keypoints.cpu().numpy(), detections.scores.cpu().numpy(), detections.descriptors, inference_ms
 
 
+def predict_previous(
+    previous: _Previous | None, rotation: np.ndarray | None, intrinsics: Intrinsics | None
+) -> np.ndarray | None:
+    """The previous frame's points moved by the camera rotation ``R_cur_prev`` -> ``(P, 2)`` float64 px, or None
+    (no previous frame, no rotation or no intrinsics)."""
+    if previous is None or rotation is None or intrinsics is None:
+        return None
+    normalized = previous.normalized
+    if normalized is None:  # intrinsics arrived with this frame
+        normalized = normalized_coordinates(previous.points, intrinsics)
+    return predict_points(normalized, rotation, intrinsics)
+
+
 def match_previous(
-    previous: _Previous | None, descriptors: torch.Tensor, config: MatchConfig
+    previous: _Previous | None,
+    descriptors: torch.Tensor,
+    config: MatchConfig,
+    predicted: np.ndarray | None = None,
+    points: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """-> previous_index, current_index ``(M,)`` int64 and distance ``(M,)`` float32 (empty without previous)."""
+    """-> previous_index, current_index ``(M,)`` int64 and distance ``(M,)`` float32 (empty without previous).
+
+    With ``predicted`` (``(P, 2)`` px) and ``config.prediction_radius``, current ``points`` farther than the radius
+    from a previous point's prediction are not its candidates."""
     if previous is None:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    allowed = None
+    if predicted is not None and config.prediction_radius is not None and points is not None:
+        allowed = allowed_near_prediction(predicted, points, config.prediction_radius)
     matches = match_descriptors(
         previous.descriptors,
         descriptors,
         mutual=config.mutual,
         ratio=config.ratio,
         max_distance=config.max_distance,
+        allowed=allowed,
     )
     return matches.index_a.cpu().numpy(), matches.index_b.cpu().numpy(), matches.distance.cpu().numpy()
 
@@ -277,7 +313,13 @@ class FramePipeline:
         channel_order: str = "rgb",
         intrinsics: Intrinsics | None = None,
         config: PipelineConfig | None = None,
+        rotation: np.ndarray | None = None,
     ) -> FrameRecord:
+        """One frame (see the class docstring). rotation: ``(3, 3)`` camera rotation ``R_cur_prev`` since the
+        previous frame (a previous-frame ray r is ``R @ r`` now; e.g. ``motion_prediction.integrate_gyro`` +
+        ``camera_rotation``); used with ``intrinsics`` (ignored without them: no prediction, unrestricted
+        matching) to predict the previous points and, with ``config.match.prediction_radius``, restrict matching
+        to that radius around the predictions. Raises ``MotionPredictionError`` for a rotation that is not one."""
         config = config or self.config
         height, width = image.shape[:2]
         previous = self._previous
@@ -285,8 +327,11 @@ class FramePipeline:
         if reset:
             previous = None
 
+        if rotation is not None:
+            rotation = check_rotation(rotation)  # before detecting: a bad rotation leaves the state unchanged
         points, scores, descriptors, inference_ms = detect(self.detector, image, channel_order, config)
-        previous_index, current_index, distance = match_previous(previous, descriptors, config.match)
+        predicted = predict_previous(previous, rotation, intrinsics)
+        previous_index, current_index, distance = match_previous(previous, descriptors, config.match, predicted, points)
         previous_points = previous.points[previous_index] if previous is not None else np.zeros((0, 2), np.float32)
         current_points = points[current_index]
         model, inlier = verify(previous_points, current_points, config.match)
@@ -325,6 +370,7 @@ class FramePipeline:
             velocity=velocity,
             reset=reset,
             inference_ms=inference_ms,
+            predicted_points=predicted,
         )
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "MotionPredictionError",
     "allowed_near_prediction",
     "camera_rotation",
+    "check_rotation",
     "integrate_gyro",
     "predict_points",
     "project_normalized",
@@ -82,7 +83,8 @@ def rotation_from_quaternion(quaternion: Any) -> np.ndarray:
     )
 
 
-def _check_rotation(rotation: Any, name: str) -> np.ndarray:
+def check_rotation(rotation: Any, name: str = "rotation") -> np.ndarray:
+    """``(3, 3)`` float64 rotation matrix, or MotionPredictionError naming ``name`` (shape, NaN, not orthonormal)."""
     r = np.asarray(rotation, np.float64)
     if r.shape != (3, 3) or not np.isfinite(r).all():
         raise MotionPredictionError(f"{name}: expected a finite (3, 3) rotation matrix, got shape {r.shape}")
@@ -141,8 +143,8 @@ def integrate_gyro(
 def camera_rotation(imu_rotation: Any, camera_from_imu: Any) -> np.ndarray:
     """IMU-frame rotation ``R_end_start`` -> the same rotation in the camera frame:
     ``R_camera_imu @ R @ R_camera_imu^T`` (both (3, 3))."""
-    r = _check_rotation(imu_rotation, "imu_rotation")
-    c = _check_rotation(camera_from_imu, "camera_from_imu")
+    r = check_rotation(imu_rotation, "imu_rotation")
+    c = check_rotation(camera_from_imu, "camera_from_imu")
     return c @ r @ c.T
 
 
@@ -150,7 +152,7 @@ def rotate_normalized(normalized: Any, rotation: Any) -> np.ndarray:
     """Undistorted normalised coordinates ``(P, 2)`` of the previous frame -> ``(P, 2)`` float64 in the current
     frame under ``R_cur_prev`` (3, 3); rays that end up facing sideways or backwards (z <= 0) give NaN."""
     points = np.asarray(normalized, np.float64).reshape(-1, 2)
-    r = _check_rotation(rotation, "rotation")
+    r = check_rotation(rotation, "rotation")
     rays = np.concatenate([points, np.ones((len(points), 1))], axis=1) @ r.T
     with np.errstate(divide="ignore", invalid="ignore"):
         out = rays[:, :2] / rays[:, 2:]

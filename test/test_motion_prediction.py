@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 
+from kp2d_model.camera import Intrinsics, normalized_coordinates
 from kp2d_model.matching import match_descriptors
 from kp2d_model.motion_prediction import (
     GyroCoverageError,
@@ -19,16 +18,12 @@ from kp2d_model.motion_prediction import (
     rotation_from_quaternion,
     rotation_from_vector,
 )
-from kp2d_ros.camera_model import normalized_coordinates  # kp2d_model.camera after the frame-pipeline merge
 
 K = np.array([[500.0, 0.0, 319.5], [0.0, 505.0, 239.5], [0.0, 0.0, 1.0]])
 
 
-@dataclass(frozen=True)
-class Camera:  # the attributes predict_points reads (kp2d_model.camera.Intrinsics has them)
-    k: np.ndarray
-    d: np.ndarray
-    model: str
+def Camera(k: np.ndarray, d: np.ndarray, model: str) -> Intrinsics:  # noqa: N802
+    return Intrinsics(k, d, model, (640, 480))
 
 
 PINHOLE = Camera(K, np.zeros(0), "none")
@@ -131,7 +126,7 @@ def test_pure_rotation_prediction_through_lens_distortion(camera):
     current = rays @ rotation.T
     expected = project_normalized(current[:, :2] / current[:, 2:], camera)
     previous_pixels = project_normalized(previous_normalized, camera).reshape(-1, 1, 2)
-    undistorted = normalized_coordinates(previous_pixels.reshape(-1, 2), camera.k, camera.d, camera.model)
+    undistorted = normalized_coordinates(previous_pixels.reshape(-1, 2), camera)
     predicted = predict_points(undistorted, rotation, camera)
     np.testing.assert_allclose(predicted, expected, atol=1e-3)  # float32 normalised coordinates: ~1e-4 px
 

@@ -9,6 +9,11 @@ detect -> match with the previous frame's descriptors (mutual nearest neighbour,
 -> optional ``verify_geometry`` (the node's ``matching.geometry``; default ``none``) -> ``carry_tracks`` with
 the surviving pairs. ORB's binary descriptors are matched by an OpenCV brute-force Hamming matcher with the
 same mutual / ratio rules. ``klt`` is VINS-Mono/Fusion's feature_tracker (see ``KltFrontEnd``).
+
+IMU-aided matching (``gyro_radius`` > 0, ``--gyro``): the benchmark passes each frame the synthetic gyro's camera
+rotation since the previous processed frame and the sequence's K; ``kp2d`` hands them to ``FramePipeline.step``
+(``rotation=``, ``MatchConfig.prediction_radius``) as the node does with its IMU, ``sift`` builds the same
+candidate mask (``gyro_allowed``) for ``match_descriptors``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from kp2d_model.camera import Intrinsics
 from kp2d_model.frame_pipeline import FramePipeline, MatchConfig, PipelineConfig
 from kp2d_model.matching import match_descriptors, verify_geometry
 from kp2d_model.motion_prediction import allowed_near_prediction, predict_points
@@ -224,6 +230,7 @@ class Kp2dFrontEnd(DescriptorFrontEnd):
             max_distance=settings.max_distance or None,
             geometry=settings.geometry,
             geometry_threshold=settings.geometry_threshold,
+            prediction_radius=settings.gyro_radius or None,
         )
         self.config = PipelineConfig(top_k=settings.top_k, match=match)
         self.reset()
@@ -239,11 +246,18 @@ class Kp2dFrontEnd(DescriptorFrontEnd):
         detections = self.detector(image_bgr)
         return detections.keypoints.cpu().numpy(), detections.descriptors
 
-    def __call__(self, image_bgr: np.ndarray) -> FrameResult:
+    def __call__(
+        self, image_bgr: np.ndarray, rotation: np.ndarray | None = None, camera_matrix: np.ndarray | None = None
+    ) -> FrameResult:
         if self.settings.prediction_radius > 0:  # the bench's guided matching: the generic descriptor path
             return super().__call__(image_bgr)
         self._stamp_ns += 33_333_333  # frames in order at 30 Hz (stamps only order the frames here)
-        record = self.pipeline.step(image_bgr, self._stamp_ns, channel_order="bgr")
+        gyro: dict[str, Any] = {}
+        if self.uses_gyro and rotation is not None and camera_matrix is not None:  # IMU-aided, as the node
+            height, width = image_bgr.shape[:2]
+            intrinsics = Intrinsics(np.asarray(camera_matrix, np.float64), np.zeros(0), "none", (width, height))
+            gyro = {"rotation": rotation, "intrinsics": intrinsics}
+        record = self.pipeline.step(image_bgr, self._stamp_ns, channel_order="bgr", **gyro)
         previous_index, current_index = record.carried
         return FrameResult(record.points, record.tracks, previous_index, current_index)
 
