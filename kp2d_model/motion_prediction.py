@@ -24,12 +24,15 @@ the centre and at the rim of a distorted (fisheye) image.
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from typing import Any
 
 import cv2
 import numpy as np
 
 __all__ = [
+    "GyroBuffer",
     "GyroCoverageError",
     "MotionPredictionError",
     "allowed_near_prediction",
@@ -51,7 +54,12 @@ class MotionPredictionError(ValueError):
 
 
 class GyroCoverageError(MotionPredictionError):
-    """The gyro samples do not cover the frame interval (or leave a gap in it longer than allowed)."""
+    """The gyro samples do not cover the frame interval (``kind`` "not_covered") or leave a gap in it longer than
+    allowed (``kind`` "gap")."""
+
+    def __init__(self, message: str, kind: str = "not_covered"):
+        super().__init__(message)
+        self.kind = kind
 
 
 def rotation_from_vector(rotation_vector: Any) -> np.ndarray:
@@ -128,7 +136,8 @@ def integrate_gyro(
         if gaps.size and int(gaps.max()) > max_gap_ns:
             raise GyroCoverageError(
                 f"gyro has a gap of {int(gaps.max()) / 1e6:.1f} ms inside the frame interval {start_ns} .. {end_ns} "
-                f"ns (at most {max_gap_ns / 1e6:.1f} ms allowed)"
+                f"ns (at most {max_gap_ns / 1e6:.1f} ms allowed)",
+                kind="gap",
             )
     times = (stamps - stamps[0]).astype(np.float64)
     knot_times = (knots - stamps[0]).astype(np.float64)
@@ -202,3 +211,47 @@ def allowed_near_prediction(predicted: Any, points: Any, radius: float) -> np.nd
     squared = ((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=2)
     with np.errstate(invalid="ignore"):
         return squared <= radius * radius  # NaN compares False
+
+
+class GyroBuffer:
+    """The last ``max_samples`` gyro samples, filled by one thread (a subscription) and read by another.
+
+    ``add`` keeps samples in stamp order: an older or equal stamp than the newest is refused (returns False),
+    except a jump back of more than ``restart_ns`` (a replayed bag looping), which clears the buffer first.
+    ``rotation(start_ns, end_ns, timeout_s)`` waits up to ``timeout_s`` for a sample at or after ``end_ns`` (the
+    IMU message of the frame's instant may arrive after the image), then integrates (``integrate_gyro``).
+    """
+
+    def __init__(self, max_samples: int = 4000, max_gap_ns: int = 100_000_000, restart_ns: int = 1_000_000_000):
+        self._samples: deque[tuple[int, np.ndarray]] = deque(maxlen=max_samples)
+        self._condition = threading.Condition()
+        self.max_gap_ns = max_gap_ns
+        self.restart_ns = restart_ns
+
+    def add(self, stamp_ns: int, angular_velocity: Any) -> bool:
+        """One sample (ns, (3,) rad/s in IMU axes); False when refused (out of order or not finite)."""
+        rate = np.asarray(angular_velocity, np.float64).reshape(3)
+        if not np.isfinite(rate).all():
+            return False
+        with self._condition:
+            if self._samples and stamp_ns <= self._samples[-1][0]:
+                if self._samples[-1][0] - stamp_ns <= self.restart_ns:
+                    return False
+                self._samples.clear()
+            self._samples.append((int(stamp_ns), rate))
+            self._condition.notify_all()
+        return True
+
+    @property
+    def latest_ns(self) -> int | None:
+        with self._condition:
+            return self._samples[-1][0] if self._samples else None
+
+    def rotation(self, start_ns: int, end_ns: int, timeout_s: float = 0.0) -> np.ndarray:
+        """``R_end_start`` (3, 3) in IMU axes between the two stamps; GyroCoverageError when not covered."""
+        with self._condition:
+            self._condition.wait_for(lambda: bool(self._samples) and self._samples[-1][0] >= end_ns, timeout_s)
+            samples = list(self._samples)
+        stamps = np.array([stamp for stamp, _ in samples], np.int64)
+        rates = np.array([rate for _, rate in samples], np.float64).reshape(-1, 3)
+        return integrate_gyro(stamps, rates, start_ns, end_ns, self.max_gap_ns)

@@ -34,7 +34,7 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu
 
 from kp2d_model import CheckpointError, KeypointDetector
 from kp2d_model.camera import Intrinsics
@@ -42,6 +42,13 @@ from kp2d_model.checkpoint import default_checkpoint_path
 from kp2d_model.engines import BackendName, Precision
 from kp2d_model.frame_pipeline import FramePipeline, MaskSizeError, MatchConfig, PipelineConfig
 from kp2d_model.image import ImageFormatError
+from kp2d_model.motion_prediction import (
+    GyroBuffer,
+    GyroCoverageError,
+    MotionPredictionError,
+    camera_rotation,
+    rotation_from_quaternion,
+)
 from kp2d_ros.camera_model import CameraInfoError, check_camera_info
 from kp2d_ros.conversions import BACKEND, ConvertedImage, ImageInputError, compressed_to_array, image_to_array
 from kp2d_ros.debug_image import draw_debug_image
@@ -92,6 +99,7 @@ class Settings:
     max_image_pixels: int
     debug_image: bool
     debug_tail_length: int
+    matching_prediction_radius: float = 0.0  # px, 0: off (IMU-aided matching)
 
 
 def pipeline_config_from_settings(settings: Settings) -> PipelineConfig:
@@ -102,6 +110,7 @@ def pipeline_config_from_settings(settings: Settings) -> PipelineConfig:
         max_distance=settings.matching_max_distance or None,
         geometry=settings.geometry,
         geometry_threshold=settings.geometry_threshold,
+        prediction_radius=settings.matching_prediction_radius or None,
     )
     return PipelineConfig(
         top_k=settings.top_k, score_threshold=settings.score_threshold, nms_radius=settings.nms_radius, match=match
@@ -154,7 +163,18 @@ PARAMETERS: dict[str, tuple[Any, str, dict[str, Any]]] = {
     "max_image_pixels": (4096 * 4096, "larger images are rejected with a warning", _int_range(1, 1 << 30)),
     "debug_image": (True, "publish ~/debug_image (built only while subscribed)", {}),
     "debug_tail_length": (10, "frames of track tail drawn in the debug image", _int_range(1, 100)),
+    # IMU-aided matching (docs/ros.md, "IMU-aided matching")
+    "use_imu": (False, "subscribe imu (sensor_msgs/Imu): the gyro rotation between frames restricts matching to "
+                "matching.prediction_radius around K R K^-1 of the previous keypoints (needs use_camera_info)",
+                {"read_only": True}),
+    "imu_to_camera": ([0.0, 0.0, 0.0, 1.0], "rotation from the IMU frame to the camera optical frame (x right, y down, "
+                      "z forward) as a quaternion [x, y, z, w] (tf2: target camera optical frame, source IMU frame)",
+                      {"read_only": True}),
+    "matching.prediction_radius": (20.0, "IMU-aided matching: a keypoint is a candidate only within this many pixels "
+                                   "of its gyro-predicted position (0: predict, do not restrict)",
+                                   _float_range(0.0, 10000.0)),
 }  # fmt: skip
+IMU_WAIT_S = 0.05  # how long a frame waits for the IMU sample of its own instant
 
 # Runtime parameter -> Settings field.
 RUNTIME_NAMES = {
@@ -170,6 +190,7 @@ RUNTIME_NAMES = {
     "max_image_pixels": "max_image_pixels",
     "debug_image": "debug_image",
     "debug_tail_length": "debug_tail_length",
+    "matching.prediction_radius": "matching_prediction_radius",
 }
 
 
@@ -304,6 +325,7 @@ class DetectorNode(Node):
         self._debug_pub = self.create_publisher(Image, "~/debug_image", QoSProfile(depth=1))
         self._setup_diagnostics()
         self._setup_subscriptions()
+        self._setup_imu()
         self.create_timer(FRAME_LOSS_CHECK_PERIOD_S, self._check_frame_loss)
 
         buffer_warning = receive_buffer_warning()
@@ -554,12 +576,14 @@ class DetectorNode(Node):
         image = self._convert(frame, settings)
         height, width = image.pixels.shape[:2]
         previous_stamp_ns = self._pipeline.previous_stamp_ns
+        intrinsics = self._intrinsics(frame, (width, height))
         record = self._pipeline.step(
             image.pixels,
             _stamp_ns(header.stamp),
             channel_order=image.channel_order,
-            intrinsics=self._intrinsics(frame, (width, height)),
+            intrinsics=intrinsics,
             config=pipeline_config_from_settings(settings),
+            rotation=self._frame_rotation(previous_stamp_ns, _stamp_ns(header.stamp), intrinsics),
         )
         if record.reset:
             self._warn(
@@ -585,6 +609,59 @@ class DetectorNode(Node):
         msg.data = to_array("B", canvas)
         self._debug_pub.publish(msg)
         self._debug_images_published += 1
+
+    # --- IMU-aided matching (use_imu) -------------------------------------------------------------
+
+    def _setup_imu(self) -> None:
+        """With use_imu: the camera-IMU rotation (start-up error when invalid), a gyro buffer and the subscription."""
+        self._gyro: GyroBuffer | None = None
+        self._imu_aided_frames = self._imu_unaided_frames = 0
+        if not self._param("use_imu"):
+            return
+        try:
+            self._camera_from_imu = rotation_from_quaternion(self._param("imu_to_camera"))
+        except MotionPredictionError as error:
+            raise ValueError(f"parameter 'imu_to_camera': {error}") from None
+        if not self._param("use_camera_info"):
+            self.get_logger().warning(
+                "use_imu is set without use_camera_info: keypoints cannot be predicted without the camera's "
+                "intrinsics, so matching stays unrestricted"
+            )
+        self._gyro = GyroBuffer()
+        qos = QoSProfile(depth=400, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
+        self.create_subscription(Imu, "imu", self._on_imu, qos)
+        self.get_logger().info(
+            f"IMU-aided matching: gyro from {self.resolve_topic_name('imu')}, prediction radius "
+            f"{self._settings.matching_prediction_radius:g} px"
+        )
+
+    def _on_imu(self, msg: Imu) -> None:
+        if msg.angular_velocity_covariance[0] == -1.0:  # sensor_msgs/Imu: "no angular velocity in this message"
+            self._warn("imu:no_angular_velocity", "imu message without angular velocity (covariance[0] = -1): ignored")
+            return
+        w = msg.angular_velocity
+        if not self._gyro.add(_stamp_ns(msg.header.stamp), (w.x, w.y, w.z)):
+            self._warn("imu:refused", "imu message ignored: angular velocity not finite, or its stamp is not after "
+                       "the previous imu message's")  # fmt: skip
+
+    def _frame_rotation(self, previous_ns: int | None, stamp_ns: int, intrinsics: Intrinsics | None) -> Any:
+        """The gyro's camera rotation R_cur_prev since the previous processed frame, or None (then matching is
+        unrestricted; a throttled warning says why)."""
+        if self._gyro is None or previous_ns is None or stamp_ns < previous_ns:
+            return None
+        if intrinsics is None:
+            self._imu_unaided_frames += 1
+            self._warn("imu:no_intrinsics", "IMU-aided matching needs camera_info (use_camera_info) to predict "
+                       "keypoints: this frame is matched unrestricted")  # fmt: skip
+            return None
+        try:
+            imu_rotation = self._gyro.rotation(previous_ns, stamp_ns, IMU_WAIT_S)
+        except GyroCoverageError as error:
+            self._imu_unaided_frames += 1
+            self._warn(f"imu:{error.kind}", f"IMU-aided matching skipped for this frame: {error}; matched unrestricted")
+            return None
+        self._imu_aided_frames += 1
+        return camera_rotation(imu_rotation, self._camera_from_imu)
 
     # --- diagnostics -------------------------------------------------------------------------------
 
@@ -624,6 +701,9 @@ class DetectorNode(Node):
         stat.add("processed frames", snapshot["processed"])
         stat.add("seconds since last image", f"{idle_s:.1f}" if idle_s is not None else "never")
         stat.add("debug images published", self._debug_images_published)
+        if self._gyro is not None:
+            stat.add("IMU-aided frames (total)", self._imu_aided_frames)
+            stat.add("frames matched without the IMU (total)", self._imu_unaided_frames)
         stat.add("device", str(self._device))
         return stat
 

@@ -8,6 +8,7 @@ import pytest
 from kp2d_model.camera import Intrinsics, normalized_coordinates
 from kp2d_model.matching import match_descriptors
 from kp2d_model.motion_prediction import (
+    GyroBuffer,
     GyroCoverageError,
     MotionPredictionError,
     allowed_near_prediction,
@@ -174,3 +175,23 @@ def test_prediction_mask_resolves_a_repeated_texture_that_plain_matching_confuse
     assert (plain.index_b >= 25).sum() >= 20  # the cleaner decoys win
     np.testing.assert_array_equal(guided.index_a, np.arange(25))
     np.testing.assert_array_equal(guided.index_b, np.arange(25))
+
+
+def test_gyro_buffer_integrates_what_it_holds_and_waits_for_the_end_sample():
+    import threading
+
+    buffer = GyroBuffer(max_samples=100)
+    rate = np.array([0.0, 0.5, 0.0])
+    for stamp in range(0, 50_000_001, 5_000_000):
+        assert buffer.add(stamp, rate)
+    assert not buffer.add(20_000_000, rate)  # out of order: refused
+    assert not buffer.add(60_000_000, [np.nan, 0, 0])
+    np.testing.assert_allclose(buffer.rotation(0, 50_000_000), rotation_from_vector(-rate * 0.05), atol=1e-12)
+    with pytest.raises(GyroCoverageError, match="does not cover"):
+        buffer.rotation(0, 70_000_000, timeout_s=0.05)
+    late = threading.Timer(0.05, lambda: buffer.add(75_000_000, rate))
+    late.start()
+    np.testing.assert_allclose(buffer.rotation(0, 70_000_000, timeout_s=5.0), rotation_from_vector(-rate * 0.07))
+    late.join()
+    assert buffer.add(0, rate) is False  # 75 ms back: out of order
+    assert buffer.add(75_000_000 - 2_000_000_000, rate) and buffer.latest_ns == 75_000_000 - 2_000_000_000  # restart
