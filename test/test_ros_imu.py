@@ -169,3 +169,14 @@ def test_wrong_gyro_loses_matches_and_bad_imu_messages_are_ignored_with_a_warnin
     node.imu_pub.publish(msg)
     node.process.wait_for_log("imu message without angular velocity", 20.0)
     assert node.process.process.poll() is None
+
+
+def test_invalid_imu_to_camera_is_a_start_up_error(tmp_path):
+    process = NodeProcess(
+        "detector", ["-p", "device:=cpu", "-p", "use_imu:=true", "-p", "imu_to_camera:=[0.0, 0.0, 0.0, 0.0]"], tmp_path
+    )
+    try:
+        assert process.wait(60.0) == 2, process.log()[-2000:]
+    finally:
+        process.stop()
+    assert "parameter 'imu_to_camera': quaternion (x, y, z, w) is zero" in process.log()
