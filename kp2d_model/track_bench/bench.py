@@ -41,8 +41,10 @@ class TrackPicture:
 def run_sequence(
     front_end: Any, sequence: FrameSequence, rate: str, result: RunResult, picture: TrackPicture | None = None
 ) -> list[int]:
-    """Run ``front_end`` (reset first) over ``sequence`` at ``rate`` ("every_frame" or "real_rate"), adding frame
-    records and correct-track lengths to ``result``; returns the processed frame indices."""
+    """Run ``front_end`` (reset first) over ``sequence`` at ``rate`` ("every_frame", "real_rate" or
+    "every_N_frames"), adding frame records and correct-track lengths to ``result``; returns the processed frame
+    indices. A front-end with ``uses_gyro`` also gets ``rotation`` (the sequence's gyro integrated since the
+    previous processed frame, None on the first) and ``camera_matrix``."""
     stride = stride_of(rate)
     key = f"{sequence.name}/{sequence.photo}"
     front_end.reset()
