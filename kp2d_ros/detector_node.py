@@ -33,6 +33,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
@@ -40,7 +41,7 @@ from kp2d_model import CheckpointError, KeypointDetector
 from kp2d_model.camera import Intrinsics
 from kp2d_model.checkpoint import default_checkpoint_path
 from kp2d_model.engines import BackendName, Precision
-from kp2d_model.frame_pipeline import FramePipeline, MaskSizeError, MatchConfig, PipelineConfig
+from kp2d_model.frame_pipeline import FramePipeline, MaskSizeError, MatchConfig, PipelineConfig, read_mask
 from kp2d_model.image import ImageFormatError
 from kp2d_ros.camera_model import CameraInfoError, check_camera_info
 from kp2d_ros.conversions import BACKEND, ConvertedImage, ImageInputError, compressed_to_array, image_to_array
@@ -76,6 +77,11 @@ def _stamp_ns(stamp: Time) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
+def _settings_value(name: str, value: Any) -> Any:
+    """A parameter value as its Settings field holds it (integer arrays as tuples of int)."""
+    return tuple(int(v) for v in value) if name == "roi" else value
+
+
 @dataclass(frozen=True)
 class Settings:
     """The parameters that may change at runtime (one immutable snapshot per processed frame)."""
@@ -92,6 +98,8 @@ class Settings:
     max_image_pixels: int
     debug_image: bool
     debug_tail_length: int
+    roi: tuple[int, ...] = ()  # (x, y, w, h) pixels; (): off
+    mask: np.ndarray | None = None  # (H, W) uint8 read from the read-only ``mask`` file at start-up; None: off
 
 
 def pipeline_config_from_settings(settings: Settings) -> PipelineConfig:
@@ -104,7 +112,12 @@ def pipeline_config_from_settings(settings: Settings) -> PipelineConfig:
         geometry_threshold=settings.geometry_threshold,
     )
     return PipelineConfig(
-        top_k=settings.top_k, score_threshold=settings.score_threshold, nms_radius=settings.nms_radius, match=match
+        top_k=settings.top_k,
+        score_threshold=settings.score_threshold,
+        nms_radius=settings.nms_radius,
+        match=match,
+        mask=settings.mask,
+        roi=tuple(settings.roi) if settings.roi else None,
     )
 
 
@@ -154,6 +167,11 @@ PARAMETERS: dict[str, tuple[Any, str, dict[str, Any]]] = {
     "max_image_pixels": (4096 * 4096, "larger images are rejected with a warning", _int_range(1, 1 << 30)),
     "debug_image": (True, "publish ~/debug_image (built only while subscribed)", {}),
     "debug_tail_length": (10, "frames of track tail drawn in the debug image", _int_range(1, 100)),
+    "mask": ("", "8-bit image file of the camera's size: no keypoint where it is 0 (robot body, lens rim); empty: off",
+             {"read_only": True}),
+    # An empty default has no type in rclpy: declared as an integer array, then set to [] (see __init__).
+    "roi": (Parameter.Type.INTEGER_ARRAY, "region of interest [x, y, w, h] pixels: no keypoint outside; []: off",
+            {}),
 }  # fmt: skip
 
 # Runtime parameter -> Settings field.
@@ -170,6 +188,7 @@ RUNTIME_NAMES = {
     "max_image_pixels": "max_image_pixels",
     "debug_image": "debug_image",
     "debug_tail_length": "debug_tail_length",
+    "roi": "roi",
 }
 
 
@@ -278,8 +297,13 @@ class DetectorNode(Node):
         super().__init__("kp2d_detector", **node_kwargs)
         for name, (default, description, extra) in PARAMETERS.items():
             self.declare_parameter(name, default, ParameterDescriptor(description=description, **extra))
+            unset = self.get_parameter_or(name, None).type_ == Parameter.Type.NOT_SET  # typed, no value given
+            if default == Parameter.Type.INTEGER_ARRAY and unset:
+                self.set_parameters([Parameter(name, Parameter.Type.INTEGER_ARRAY, [])])
         self._settings = self._read_settings()
         self._check_startup_parameters()
+        if self._param("mask"):
+            self._settings = replace(self._settings, mask=read_mask(self._param("mask")))
         self._warned: dict[str, tuple[float, int]] = {}
         self._model_name = f"given {type(detector).__name__}"
         self._detector = detector if detector is not None else self._build_detector()
@@ -318,6 +342,10 @@ class DetectorNode(Node):
             f"engine {getattr(self._detector, 'engine_choice', 'given')}, "
             f"image topic {self.resolve_topic_name('image')}, conversion via {BACKEND}"
         )
+        if self._settings.mask is not None:
+            height, width = self._settings.mask.shape
+            ignored = 100.0 * np.count_nonzero(self._settings.mask == 0) / self._settings.mask.size
+            self.get_logger().info(f"mask {self._param('mask')}: {width} x {height} pixels, {ignored:.1f} % ignored")
 
     # --- start-up ------------------------------------------------------------------------------------
 
@@ -332,7 +360,7 @@ class DetectorNode(Node):
         return self.get_parameter(name).value
 
     def _read_settings(self) -> Settings:
-        return Settings(**{field: self._param(name) for name, field in RUNTIME_NAMES.items()})
+        return Settings(**{field: _settings_value(name, self._param(name)) for name, field in RUNTIME_NAMES.items()})
 
     def _check_startup_parameters(self) -> None:
         problems = [self._invalid_reason(name, self._param(name)) for name in PARAMETERS]
@@ -351,6 +379,8 @@ class DetectorNode(Node):
         choices |= {"precision": PRECISIONS, "backend": BACKENDS}
         if name in choices and value not in choices[name]:
             return f"{name} must be one of {', '.join(choices[name])}, got {value!r}"
+        if name == "roi" and len(value) and (len(value) != 4 or min(value[:2]) < 0 or min(value[2:]) <= 0):
+            return f"roi must be [] (off) or [x, y, w, h] with x, y >= 0 and w, h > 0 pixels, got {list(value)}"
         return None
 
     def _build_detector(self) -> KeypointDetector:
@@ -477,7 +507,7 @@ class DetectorNode(Node):
             if parameter.name in RUNTIME_NAMES:
                 changes[parameter.name] = parameter.value
         if changes:
-            settings = {RUNTIME_NAMES[name]: value for name, value in changes.items()}
+            settings = {RUNTIME_NAMES[name]: _settings_value(name, value) for name, value in changes.items()}
             self._settings = replace(self._settings, **settings)  # one reference swap: the worker sees all or none
             self.get_logger().info(f"parameters changed: {', '.join(f'{n}={v!r}' for n, v in changes.items())}")
         return SetParametersResult(successful=True)
