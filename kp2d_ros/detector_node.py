@@ -35,19 +35,27 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud
 
 from kp2d_model import CheckpointError, KeypointDetector
 from kp2d_model.camera import Intrinsics
 from kp2d_model.checkpoint import default_checkpoint_path
 from kp2d_model.engines import BackendName, Precision
-from kp2d_model.frame_pipeline import FramePipeline, MaskSizeError, MatchConfig, PipelineConfig, read_mask
+from kp2d_model.frame_pipeline import (
+    FramePipeline,
+    FrameRecord,
+    MaskSizeError,
+    MatchConfig,
+    PipelineConfig,
+    read_mask,
+    vins_features,
+)
 from kp2d_model.image import ImageFormatError
 from kp2d_ros.camera_model import CameraInfoError, check_camera_info
 from kp2d_ros.conversions import BACKEND, ConvertedImage, ImageInputError, compressed_to_array, image_to_array
 from kp2d_ros.debug_image import draw_debug_image
 from kp2d_ros.frame_loss import FrameLossMonitor
-from kp2d_ros.messages import keypoints_from_record, matches_from_record, to_array
+from kp2d_ros.messages import keypoints_from_record, matches_from_record, to_array, vins_point_cloud
 from kp2d_ros.tracks import TrackHistory
 from kp2d_ros.transport import receive_buffer_warning
 from kp2d_ros_msgs.msg import Keypoints, Matches
@@ -172,6 +180,9 @@ PARAMETERS: dict[str, tuple[Any, str, dict[str, Any]]] = {
     # An empty default has no type in rclpy: declared as an integer array, then set to [] (see __init__).
     "roi": (Parameter.Type.INTEGER_ARRAY, "region of interest [x, y, w, h] pixels: no keypoint outside; []: off",
             {}),
+    "publish_vins_features": (False, "publish ~/features (sensor_msgs/PointCloud, VINS-Fusion feature_tracker layout); "
+                              "needs use_camera_info", {"read_only": True}),
+    "vins_camera_id": (0, "the camera_id channel of ~/features", {"read_only": True, **_int_range(0, 255)}),
 }  # fmt: skip
 
 # Runtime parameter -> Settings field.
@@ -326,6 +337,9 @@ class DetectorNode(Node):
         self._keypoints_pub = self.create_publisher(Keypoints, "~/keypoints", output_qos)
         self._matches_pub = self.create_publisher(Matches, "~/matches", output_qos)
         self._debug_pub = self.create_publisher(Image, "~/debug_image", QoSProfile(depth=1))
+        self._features_pub = None
+        if self._param("publish_vins_features"):
+            self._features_pub = self.create_publisher(PointCloud, "~/features", output_qos)
         self._setup_diagnostics()
         self._setup_subscriptions()
         self.create_timer(FRAME_LOSS_CHECK_PERIOD_S, self._check_frame_loss)
@@ -369,6 +383,8 @@ class DetectorNode(Node):
             problems.append("input_width and input_height must both be 0 (native size) or both > 0")
         if self._param("input_width") and self._param("input_scale") != 1.0:
             problems.append("give input_width/input_height or input_scale, not both")
+        if self._param("publish_vins_features") and not self._param("use_camera_info"):
+            problems.append("publish_vins_features needs use_camera_info:=true (features are normalised coordinates)")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -602,11 +618,23 @@ class DetectorNode(Node):
         self._sequence += 1
         self._keypoints_pub.publish(keypoints_from_record(header, self._sequence, record, settings.publish_descriptors))
         self._matches_pub.publish(matches_from_record(header, record, settings.geometry))
+        if self._features_pub is not None:
+            self._publish_vins_features(header, record)
         self._history.resize(settings.debug_tail_length)
         self._history.add(record.tracks.ids, record.points)
         if settings.debug_image and self._debug_pub.get_subscription_count() > 0:
             self._publish_debug_image(header, image, record.points, record.tracks.lengths)
         self._stats.add_processed((time.monotonic_ns() - frame.received_ns) / 1e6, record.inference_ms)
+
+    def _publish_vins_features(self, header: Any, record: FrameRecord) -> None:
+        """~/features for VINS-Fusion: the tracked keypoints (length >= 2); nothing when there are none (the first
+        frame, after a reset: VINS-Mono's feature_tracker skips its first image too) or no normalised coordinates
+        (no usable camera_info: warned about by ``_intrinsics``)."""
+        if record.normalized is None:
+            return
+        features = vins_features(record, self._param("vins_camera_id"))
+        if len(features["ids"]):
+            self._features_pub.publish(vins_point_cloud(header, features))
 
     def _publish_debug_image(self, header: Any, image: ConvertedImage, points: np.ndarray, lengths: np.ndarray) -> None:
         canvas = draw_debug_image(image.pixels, image.channel_order, points, lengths, self._history.segments())
