@@ -18,9 +18,9 @@ next unused id); the record says so (``reset``). ``vins_features`` selects the t
 VINS-Fusion's feature_tracker layout.
 
 Against the API agreed for issue 16: ``step(rotation=...)`` / ``MatchConfig.prediction_radius`` (IMU-aided
-matching) come with the IMU work. Additions: :attr:`FramePipeline.previous_stamp_ns` (the stamp a backwards frame was
-compared with, for the node's warning), :attr:`FrameRecord.carried` (the pairs that carried a track),
-``keep_mask`` and ``MaskSizeError``. The detector must take the per-call keyword overrides ``top_k``,
+matching) come with the IMU work. Additions: :attr:`FramePipeline.previous_stamp_ns` (the stamp a backwards
+frame was compared with, for the node's warning), :attr:`FrameRecord.carried` (the pairs that carried a track),
+``keep_mask``, ``read_mask`` and ``MaskSizeError``. The detector must take the per-call keyword overrides ``top_k``,
 ``score_threshold``, ``nms_radius`` and ``mask`` (``KeypointDetector.__call__`` does; a subclass overriding
 ``__call__`` forwards them).
 """
