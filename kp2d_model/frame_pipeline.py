@@ -22,19 +22,21 @@ stage 2 the previous frame's points are moved by the camera rotation (``K R K^-1
 the lens distortion again: ``kp2d_model.motion_prediction``) into ``FrameRecord.predicted_points``, and a current
 keypoint is a candidate for a previous one only within ``prediction_radius`` pixels of its prediction.
 
-Deviations from the agreed API (docs in /work/notes/pipeline_api.md): none for ``rotation`` /
-``prediction_radius``. Additions: :attr:`FramePipeline.previous_stamp_ns` (the stamp a backwards frame was
-compared with, for the node's warning), :attr:`FrameRecord.carried` (the pairs that carried a track),
-``keep_mask`` and ``MaskSizeError``. The detector must take the per-call keyword overrides ``top_k``,
+Against the API agreed for issue 16: ``step(rotation=...)`` / ``MatchConfig.prediction_radius`` as agreed.
+Additions: :attr:`FramePipeline.previous_stamp_ns` (the stamp a backwards
+frame was compared with, for the node's warning), :attr:`FrameRecord.carried` (the pairs that carried a track),
+``keep_mask``, ``read_mask`` and ``MaskSizeError``. The detector must take the per-call keyword overrides ``top_k``,
 ``score_threshold``, ``nms_radius`` and ``mask`` (``KeypointDetector.__call__`` does; a subclass overriding
 ``__call__`` forwards them).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import torch
 
@@ -53,6 +55,7 @@ __all__ = [
     "MatchConfig",
     "PipelineConfig",
     "keep_mask",
+    "read_mask",
     "vins_features",
 ]
 
@@ -159,6 +162,25 @@ class _Previous:
     descriptors: torch.Tensor  # (N, D)
     tracks: TrackIds
     normalized: np.ndarray | None  # (N, 2) float64, None without intrinsics
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """An 8-bit mask image file (PNG, ...) -> ``(H, W)`` uint8, 0 = ignore. A colour image counts a pixel as 0
+    when all its colour channels are 0 (alpha ignored). ValueError naming the file when it is missing,
+    unreadable, not 8-bit or empty."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"mask file {path!r} does not exist")
+    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f"mask file {path!r} is not an image OpenCV can read")
+    if image.dtype != np.uint8:
+        raise ValueError(f"mask file {path!r} is {image.dtype}, expected an 8-bit image (0 = ignore)")
+    if image.ndim == 3:
+        image = image[:, :, :3].max(axis=2)
+    if image.size == 0 or not image.any():
+        raise ValueError(f"mask file {path!r} is empty or all 0 (no keypoint could ever be published)")
+    return np.ascontiguousarray(image)
 
 
 # --- stages (pure functions, in the order step() runs them) ------------------------------------------------
