@@ -14,14 +14,14 @@ F frames, K keypoints and M matches in all, D descriptor length:
 | ``previous_stamp_ns`` | (F,) int64 | stamp of the frame matched against; -1 on the first frame / after a reset |
 | ``reset`` | (F,) bool | the stamp went backwards: matching and tracks restarted at this frame |
 | ``geometry_model`` | (F, 3, 3) float64 | homography / fundamental matrix previous -> current; NaN when none |
-| ``keypoint_offsets`` | (F + 1,) int64 | frame i's keypoints are rows ``[keypoint_offsets[i], keypoint_offsets[i+1])`` |
+| ``keypoint_offsets`` | (F + 1,) int64 | frame i's keypoints: rows ``keypoint_offsets[i]:keypoint_offsets[i+1]`` |
 | ``points`` | (K, 2) float32 | x right, y down, source-image pixels (pixel centres at integers) |
 | ``scores`` | (K,) float32 | detector confidence in [0, 1], descending within a frame |
 | ``track_ids`` | (K,) uint64 | track id (same id = same physical point across frames) |
 | ``track_lengths`` | (K,) uint32 | frames the track has been seen in, this one included |
 | ``normalized`` | (K, 2) float64 | undistorted normalised (x, y) with camera_info; NaN rows without (only if any) |
 | ``descriptors`` | (K, D) float32 | L2-normalised descriptors (only when descriptors were kept) |
-| ``match_offsets`` | (F + 1,) int64 | frame i's matches are rows ``[match_offsets[i], match_offsets[i+1])`` |
+| ``match_offsets`` | (F + 1,) int64 | frame i's matches: rows ``match_offsets[i]:match_offsets[i+1]`` |
 | ``match_previous_index`` | (M,) int64 | index into the *previous frame's* keypoints (0-based within that frame) |
 | ``match_current_index`` | (M,) int64 | index into this frame's keypoints (0-based within the frame) |
 | ``match_distance`` | (M,) float32 | descriptor L2 distance in [0, 2] |
@@ -109,12 +109,11 @@ class FrameArraysWriter:
             "match_inlier": _concatenate([f["match_inlier"] for f in frames], (0,), bool),
         }  # fmt: skip
         if any(f["normalized"] is not None for f in frames):
-            result["normalized"] = _concatenate(
-                [np.full((n, 2), np.nan) if f["normalized"] is None else f["normalized"] for f, n in zip(frames, counts)],
-                (0, 2), np.float64,
-            )  # fmt: skip
+            normalized = [np.full((n, 2), np.nan) if f["normalized"] is None else f["normalized"]
+                          for f, n in zip(frames, counts, strict=True)]  # fmt: skip
+            result["normalized"] = _concatenate(normalized, (0, 2), np.float64)
         if self.descriptors:
-            size = next((f["descriptors"].shape[1] for f in frames if f["descriptors"].ndim == 2), 0)
+            size = frames[0]["descriptors"].shape[1] if frames else 0
             result["descriptors"] = _concatenate([f["descriptors"] for f in frames], (0, size), np.float32)
         return result
 

@@ -52,7 +52,14 @@ from kp2d_model.frame_pipeline import FramePipeline, MaskSizeError
 from kp2d_model.image import ImageFormatError
 from kp2d_ros.camera_model import CameraInfoError, check_camera_info
 from kp2d_ros.conversions import ImageInputError, compressed_to_array, image_to_array
-from kp2d_ros.detector_node import PARAMETERS, RUNTIME_NAMES, Settings, pipeline_config_from_settings
+from kp2d_ros.detector_node import (
+    PARAMETERS,
+    RUNTIME_NAMES,
+    Settings,
+    parameter_problems,
+    pipeline_config_from_settings,
+)
+from kp2d_ros.detector_node import build_detector as build_node_detector
 from kp2d_ros.messages import keypoints_from_record, matches_from_record
 
 __all__ = ["ExtractError", "main", "output_typestore"]
@@ -124,7 +131,7 @@ def parse_command_line(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         if not equals or not name:
             raise ExtractError(f"--param {item!r}: expected NAME=VALUE, e.g. --param top_k=500")
         if name not in PARAMETERS:
-            raise ExtractError(f"--param {name}: not a detector parameter (see docs/ros.md; e.g. top_k, matching.ratio)")
+            raise ExtractError(f"--param {name}: not a detector parameter (docs/ros.md lists them; e.g. top_k)")
         given += ["-p", f"{name}:={value}"]
     if args.out is None and args.npz is None:
         raise ExtractError("nothing to write: give --out OUT (a bag) and/or --npz OUT.npz")
@@ -165,6 +172,14 @@ def read_parameters(ros_args: list[str]) -> dict[str, Any]:
     return values
 
 
+def build_detector(parameters: dict[str, Any]) -> Any:
+    """The node's detector for these parameter values (ExtractError for a missing model or bad combination)."""
+    try:
+        return build_node_detector(parameters)
+    except (CheckpointError, ValueError) as error:  # EngineError is a ValueError
+        raise ExtractError(f"cannot load the model: {_first_line(error)}") from None
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -192,9 +207,12 @@ def topic_connections(reader: Reader, bag: Path, topic: str, types: tuple[str, .
     connections = [c for c in reader.connections if c.topic in names]
     if not connections:
         candidates = sorted({c.topic for c in reader.connections if c.msgtype in types})
-        found = f"its {' / '.join(types)} topics: {', '.join(candidates)}" if candidates else f"it has no {types[0]} topic"
         if not reader.connections:
             found = "it has no topics at all"
+        elif candidates:
+            found = f"its {' / '.join(types)} topics: {', '.join(candidates)}"
+        else:
+            found = f"it has no {' / '.join(types)} topic"
         raise ExtractError(f"{option} {topic}: not in bag {bag} ({found})")
     wrong = sorted({c.msgtype for c in connections} - set(types))
     if wrong:
@@ -266,7 +284,8 @@ def remove_path(path: Path) -> None:
 
 
 class BagOutput:
-    """A rosbag2 written to ``<path>.partial`` and renamed to ``path`` by :meth:`commit` (``abort`` removes it).
+    """A rosbag2 written to ``<path>.partial/<name>`` and moved to ``path`` by :meth:`commit` (``abort`` removes it;
+    the extra folder keeps the storage file's name, which rosbags derives from the bag folder's, ``<name>.mcap``).
 
     topics: topic -> message type (registered with their message definitions, so ``ros2 bag info`` and rosbags
     read the bag back). Messages are serialised by rclpy (the same CDR bytes a publisher sends).
@@ -275,8 +294,9 @@ class BagOutput:
     def __init__(self, path: Path, storage: str, topics: dict[str, str]):
         self.path, self.partial = path, partial_path(path)
         remove_path(self.partial)  # left by a run that was killed (SIGKILL) before it could clean up
+        self.partial.mkdir()
         store = output_typestore()
-        self.writer = Writer(self.partial, version=BAG_VERSION, storage_plugin=STORAGES[storage])
+        self.writer = Writer(self.partial / path.name, version=BAG_VERSION, storage_plugin=STORAGES[storage])
         self.writer.open()
         self.connections = {topic: self.writer.add_connection(topic, msgtype, typestore=store)
                             for topic, msgtype in topics.items()}  # fmt: skip
@@ -290,7 +310,8 @@ class BagOutput:
         """Finish the bag (index, metadata.yaml) and move it to its final name (replacing an old one)."""
         self.writer.close()
         remove_path(self.path)
-        self.partial.rename(self.path)
+        (self.partial / self.path.name).rename(self.path)
+        self.partial.rmdir()
 
     def abort(self) -> None:
         with suppress(Exception):
@@ -414,6 +435,16 @@ class Extractor:
             return record, msg.header
         return None
 
+    def write(self, record: Any, header: Any, log_time: int, bag: BagOutput | None, npz: NpzOutput | None) -> None:
+        """One processed frame to the outputs: the node's Keypoints (sequence = frames written so far) and Matches."""
+        settings = self.settings
+        if bag is not None:
+            keypoints = keypoints_from_record(header, self.summary.written, record, settings.publish_descriptors)
+            bag.write(self.keypoints_topic, keypoints, log_time)
+            bag.write(self.matches_topic, matches_from_record(header, record, settings.geometry), log_time)
+        if npz is not None:
+            npz.frames.add(record)
+
     def run(self, reader: Reader, image_connections: list[Any], infos: CameraInfoTable | None,
             bag: BagOutput | None, npz: NpzOutput | None) -> Summary:  # fmt: skip
         summary = self.summary
@@ -424,7 +455,7 @@ class Extractor:
                 summary.images += 1
                 bar.update(1)
                 if msg is None:
-                    self.skip("unreadable_message", index, None, f"cannot deserialise the message ({_first_line(error)})")
+                    self.skip("unreadable_message", index, None, f"cannot deserialise it ({_first_line(error)})")
                     continue
                 result = self.process(msg, index, infos)
                 if result is None:
@@ -432,14 +463,7 @@ class Extractor:
                 record, header = result
                 summary.written += 1
                 summary.resets += int(record.reset)
-                write_time = log_time if self.args.log_time == "source" else record.stamp_ns
-                if bag is not None:
-                    bag.write(self.keypoints_topic,
-                              keypoints_from_record(header, summary.written, record, self.settings.publish_descriptors),
-                              write_time)  # fmt: skip
-                    bag.write(self.matches_topic, matches_from_record(header, record, self.settings.geometry), write_time)
-                if npz is not None:
-                    npz.frames.add(record)
+                self.write(record, header, log_time if self.args.log_time == "source" else record.stamp_ns, bag, npz)
         return summary
 
 
