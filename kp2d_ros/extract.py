@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import json
 import os
 import shutil
 import sys
@@ -38,17 +39,17 @@ from typing import Any
 
 import rclpy
 import torch
+import yaml
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from rclpy.serialization import deserialize_message, serialize_message
-from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from tqdm import tqdm
 
 from kp2d_model import CheckpointError
 from kp2d_model.frame_arrays import FrameArraysWriter
-from kp2d_model.frame_pipeline import FramePipeline, MaskSizeError
+from kp2d_model.frame_pipeline import FramePipeline, MaskSizeError, vins_features
 from kp2d_model.image import ImageFormatError
 from kp2d_ros.camera_model import CameraInfoError, check_camera_info
 from kp2d_ros.conversions import ImageInputError, compressed_to_array, image_to_array
@@ -62,6 +63,15 @@ from kp2d_ros.detector_node import (
 from kp2d_ros.detector_node import build_detector as build_node_detector
 from kp2d_ros.messages import keypoints_from_record, matches_from_record
 
+try:  # the VINS-Fusion PointCloud builder (issue 16's VINS output; --features needs it)
+    from kp2d_ros.messages import vins_point_cloud
+except ImportError:
+    vins_point_cloud = None
+try:  # PyPI's rosbags (pure Python); a ROS installation may lack it: main() says how to install it
+    from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+except ImportError:
+    Reader = StoragePlugin = Writer = None
+
 __all__ = ["ExtractError", "main", "output_typestore"]
 
 NODE_NAME = "kp2d_detector"  # the detector node's name: its sections of a params file apply here too
@@ -69,7 +79,7 @@ IMAGE_TYPES = {"sensor_msgs/msg/Image": Image, "sensor_msgs/msg/CompressedImage"
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 KEYPOINTS_TYPE, MATCHES_TYPE = "kp2d_ros_msgs/msg/Keypoints", "kp2d_ros_msgs/msg/Matches"
 BAG_VERSION = 8  # rosbag2 metadata version 8 (Jazzy's; Kilted reads it too)
-STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+STORAGES = ("mcap", "sqlite3")  # rosbags StoragePlugin names, lower case
 SHOWN_PER_KIND = 3  # skipped-frame messages printed per kind of problem (all are counted)
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -94,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-topic", required=True, help="sensor_msgs/Image or sensor_msgs/CompressedImage topic")
     parser.add_argument("--camera-info-topic", help="sensor_msgs/CameraInfo topic: normalised coordinates (features)")
     parser.add_argument("--out", type=Path, help="output rosbag2 directory (Keypoints, Matches)")
-    parser.add_argument("--storage", choices=sorted(STORAGES), default="mcap", help="output bag storage (mcap)")
+    parser.add_argument("--storage", choices=STORAGES, default="mcap", help="output bag storage (mcap)")
     parser.add_argument("--npz", type=Path, help="also (or only) write the frames as NumPy arrays to this .npz")
     parser.add_argument("--features", action="store_true",
                         help="also write /kp2d_detector/features (VINS-Fusion PointCloud; needs --camera-info-topic)")
@@ -123,8 +133,7 @@ def parse_command_line(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     args = build_parser().parse_args(argv)
     given: list[str] = []
     for path in args.params_file:
-        if not path.is_file():
-            raise ExtractError(f"--params-file {path}: no such file")
+        check_params_file(path)
         given += ["--params-file", str(path)]
     for item in args.param:
         name, equals, value = item.partition("=")
@@ -139,7 +148,22 @@ def parse_command_line(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         raise ExtractError("--features needs --camera-info-topic (VINS features are normalised coordinates)")
     if args.features and args.out is None:
         raise ExtractError("--features writes to the output bag: give --out")
+    if args.features and vins_point_cloud is None:
+        raise ExtractError("--features: this build has no VINS output (kp2d_ros.messages.vins_point_cloud)")
     return args, given + ros_args
+
+
+def check_params_file(path: Path) -> None:
+    """ExtractError unless ``path`` is a YAML mapping whose sections hold ``ros__parameters`` (rcl checks the rest,
+    but its parser also logs its own error lines)."""
+    if not path.is_file():
+        raise ExtractError(f"--params-file {path}: no such file")
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ExtractError(f"--params-file {path}: not YAML ({_first_line(error)})") from None
+    if not isinstance(content, dict) or "ros__parameters" not in json.dumps(content, default=str):
+        raise ExtractError(f"--params-file {path}: not a ROS parameters file (<node or /**>: ros__parameters: ...)")
 
 
 def read_parameters(ros_args: list[str]) -> dict[str, Any]:
@@ -288,15 +312,19 @@ class BagOutput:
     the extra folder keeps the storage file's name, which rosbags derives from the bag folder's, ``<name>.mcap``).
 
     topics: topic -> message type (registered with their message definitions, so ``ros2 bag info`` and rosbags
-    read the bag back). Messages are serialised by rclpy (the same CDR bytes a publisher sends).
+    read the bag back). Messages are serialised by rclpy (the same CDR bytes a publisher sends). custom_data: string
+    pairs for metadata.yaml's ``custom_data`` (here: where the frames came from and the parameters).
     """
 
-    def __init__(self, path: Path, storage: str, topics: dict[str, str]):
+    def __init__(self, path: Path, storage: str, topics: dict[str, str], custom_data: dict[str, str] | None = None):
         self.path, self.partial = path, partial_path(path)
         remove_path(self.partial)  # left by a run that was killed (SIGKILL) before it could clean up
         self.partial.mkdir()
         store = output_typestore()
-        self.writer = Writer(self.partial / path.name, version=BAG_VERSION, storage_plugin=STORAGES[storage])
+        plugin = StoragePlugin[storage.upper()]
+        self.writer = Writer(self.partial / path.name, version=BAG_VERSION, storage_plugin=plugin)
+        for key, value in (custom_data or {}).items():
+            self.writer.set_custom_data(key, value)
         self.writer.open()
         self.connections = {topic: self.writer.add_connection(topic, msgtype, typestore=store)
                             for topic, msgtype in topics.items()}  # fmt: skip
@@ -442,6 +470,8 @@ class Extractor:
             keypoints = keypoints_from_record(header, self.summary.written, record, settings.publish_descriptors)
             bag.write(self.keypoints_topic, keypoints, log_time)
             bag.write(self.matches_topic, matches_from_record(header, record, settings.geometry), log_time)
+            if self.args.features and record.normalized is not None:  # frames without camera_info have none
+                bag.write(self.features_topic, vins_point_cloud(header, vins_features(record)), log_time)
         if npz is not None:
             npz.frames.add(record)
 
@@ -529,7 +559,12 @@ def extract(args: argparse.Namespace, parameters: dict[str, Any], detector: Any,
     bag = npz = None
     try:
         if args.out is not None:
-            bag = BagOutput(args.out, args.storage, extractor.output_topics())
+            provenance = {
+                "kp2d.extract.source_bag": str(args.bag.resolve()),
+                "kp2d.extract.image_topic": args.image_topic,
+                "kp2d.extract.parameters": json.dumps(parameters, sort_keys=True),
+            }
+            bag = BagOutput(args.out, args.storage, extractor.output_topics(), provenance)
         if args.npz is not None:
             npz = NpzOutput(args.npz, descriptors=extractor.settings.publish_descriptors)
         summary = extractor.run(source.reader, source.image_connections, source.infos, bag, npz)
@@ -555,6 +590,10 @@ def main(argv: list[str] | None = None) -> int:
     Everything that can be checked before the model loads is checked first (arguments, parameters, outputs, the
     bag and its topics)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if Reader is None:
+        print("extract: error: needs the rosbags library: pip install rosbags (requirements/ros.txt pins it)",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
     try:
         args, ros_args = parse_command_line(argv)
         parameters = read_parameters(ros_args)

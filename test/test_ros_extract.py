@@ -361,12 +361,17 @@ def test_corrupt_and_unsupported_frames_are_skipped_and_counted(model_parameters
 
 def test_invalid_parameters_and_existing_output_are_usage_errors(camera_bags, tmp_path):
     base = ["--bag", camera_bags["mcap"].path, "--image-topic", IMAGE_TOPIC]
+    not_yaml, not_params = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    not_yaml.write_text("top_k: [1, 2\n")
+    not_params.write_text("top_k: 5\n")
     for extra, expected in (
         (["--out", tmp_path / "o", "--param", "top_k=0"], "top_k"),
         (["--out", tmp_path / "o", "--param", "top_k=many"], "top_k"),
         (["--out", tmp_path / "o", "--param", "matching.geometry=affine"], "matching.geometry"),
         (["--out", tmp_path / "o", "--param", "no_such_parameter=1"], "no_such_parameter"),
         (["--out", tmp_path / "o", "--params-file", tmp_path / "missing.yaml"], "missing.yaml"),
+        (["--out", tmp_path / "o", "--params-file", not_yaml], "not YAML"),
+        (["--out", tmp_path / "o", "--params-file", not_params], "not a ROS parameters file"),
         (["--out", camera_bags["sqlite3"].path], "exists"),
         ([], "--out"),
         (["--out", tmp_path / "o", "--features"], "--camera-info-topic"),
