@@ -40,7 +40,6 @@ from typing import Any
 import rclpy
 import torch
 import yaml
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from rclpy.serialization import deserialize_message, serialize_message
@@ -55,18 +54,14 @@ from kp2d_ros.camera_model import CameraInfoError, check_camera_info
 from kp2d_ros.conversions import ImageInputError, compressed_to_array, image_to_array
 from kp2d_ros.detector_node import (
     PARAMETERS,
-    RUNTIME_NAMES,
-    Settings,
+    declare_parameters,
     parameter_problems,
     pipeline_config_from_settings,
+    settings_from_parameters,
 )
 from kp2d_ros.detector_node import build_detector as build_node_detector
-from kp2d_ros.messages import keypoints_from_record, matches_from_record
+from kp2d_ros.messages import keypoints_from_record, matches_from_record, vins_point_cloud
 
-try:  # the VINS-Fusion PointCloud builder (issue 16's VINS output; --features needs it)
-    from kp2d_ros.messages import vins_point_cloud
-except ImportError:
-    vins_point_cloud = None
 try:  # PyPI's rosbags (pure Python); a ROS installation may lack it: main() says how to install it
     from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 except ImportError:
@@ -148,8 +143,6 @@ def parse_command_line(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         raise ExtractError("--features needs --camera-info-topic (VINS features are normalised coordinates)")
     if args.features and args.out is None:
         raise ExtractError("--features writes to the output bag: give --out")
-    if args.features and vins_point_cloud is None:
-        raise ExtractError("--features: this build has no VINS output (kp2d_ros.messages.vins_point_cloud)")
     return args, given + ros_args
 
 
@@ -181,8 +174,7 @@ def read_parameters(ros_args: list[str]) -> dict[str, Any]:
     node = None
     try:
         node = Node(NODE_NAME, context=context, start_parameter_services=False, enable_rosout=False)
-        for name, (default, description, extra) in PARAMETERS.items():
-            node.declare_parameter(name, default, ParameterDescriptor(description=description, **extra))
+        declare_parameters(node)
         values = {name: node.get_parameter(name).value for name in PARAMETERS}
     except ParameterException as error:  # wrong type, out of range
         raise ExtractError(f"invalid parameter: {_first_line(error)}") from None
@@ -194,6 +186,14 @@ def read_parameters(ros_args: list[str]) -> dict[str, Any]:
     if problems:
         raise ExtractError("invalid parameters: " + "; ".join(problems))
     return values
+
+
+def load_settings(parameters: dict[str, Any]) -> Any:
+    """The node's Settings for these values (the mask file read); ExtractError naming an unusable mask."""
+    try:
+        return settings_from_parameters(parameters)
+    except ValueError as error:
+        raise ExtractError(f"invalid parameter: {_first_line(error)}") from None
 
 
 def build_detector(parameters: dict[str, Any]) -> Any:
@@ -392,7 +392,9 @@ class Extractor:
 
     def __init__(self, args: argparse.Namespace, parameters: dict[str, Any], detector: Any):
         self.args = args
-        self.settings = Settings(**{fld: parameters[name] for name, fld in RUNTIME_NAMES.items()})
+        self.settings = load_settings(parameters)
+        self.features = args.features or parameters["publish_vins_features"]
+        self.camera_id = parameters["vins_camera_id"]
         self.config = pipeline_config_from_settings(self.settings)
         self.detector = detector
         self.pipeline = FramePipeline(detector, self.config)
@@ -404,7 +406,7 @@ class Extractor:
 
     def output_topics(self) -> dict[str, str]:
         topics = {self.keypoints_topic: KEYPOINTS_TYPE, self.matches_topic: MATCHES_TYPE}
-        if self.args.features:
+        if self.features:
             topics[self.features_topic] = "sensor_msgs/msg/PointCloud"
         return topics
 
@@ -470,8 +472,10 @@ class Extractor:
             keypoints = keypoints_from_record(header, self.summary.written, record, settings.publish_descriptors)
             bag.write(self.keypoints_topic, keypoints, log_time)
             bag.write(self.matches_topic, matches_from_record(header, record, settings.geometry), log_time)
-            if self.args.features and record.normalized is not None:  # frames without camera_info have none
-                bag.write(self.features_topic, vins_point_cloud(header, vins_features(record)), log_time)
+            if self.features and record.normalized is not None:  # as the node: none without camera_info ...
+                features = vins_features(record, self.camera_id)
+                if len(features["ids"]):  # ... or without tracked keypoints (first frame, after a reset)
+                    bag.write(self.features_topic, vins_point_cloud(header, features), log_time)
         if npz is not None:
             npz.frames.add(record)
 
@@ -554,15 +558,20 @@ class BagInput:
 
 
 def extract(args: argparse.Namespace, parameters: dict[str, Any], detector: Any, source: BagInput) -> Summary:
-    """Run every frame of ``source`` and commit the outputs (removed again on any error or Ctrl-C)."""
+    """Run every frame of ``source`` with the node's settings for ``parameters`` and commit the outputs (removed
+    again on any error or Ctrl-C)."""
     extractor = Extractor(args, parameters, detector)
+    if extractor.features and source.infos is None:
+        raise ExtractError("publish_vins_features needs --camera-info-topic (VINS features are normalised coordinates)")
+    if extractor.features and args.out is None:
+        raise ExtractError("publish_vins_features writes to the output bag: give --out")
     bag = npz = None
     try:
         if args.out is not None:
             provenance = {
                 "kp2d.extract.source_bag": str(args.bag.resolve()),
                 "kp2d.extract.image_topic": args.image_topic,
-                "kp2d.extract.parameters": json.dumps(parameters, sort_keys=True),
+                "kp2d.extract.parameters": json.dumps(parameters, sort_keys=True, default=list),  # roi: an array
             }
             bag = BagOutput(args.out, args.storage, extractor.output_topics(), provenance)
         if args.npz is not None:
@@ -597,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, ros_args = parse_command_line(argv)
         parameters = read_parameters(ros_args)
+        load_settings(parameters)  # an unusable mask file: before the model loads
         check_outputs(args)
         source = BagInput.open(args)
         try:

@@ -39,6 +39,7 @@ SIZE = (160, 120)
 # The node's parameters for both the live node and the extractor (those that change the frame path).
 PARAMETERS = {"top_k": 150, "device": "cpu", "matching.geometry": "homography"}
 KEYPOINTS_TOPIC, MATCHES_TOPIC = "/kp2d_detector/keypoints", "/kp2d_detector/matches"
+FEATURES_TOPIC = "/kp2d_detector/features"
 TIMEOUT = 120.0  # seconds for one frame through the live node (2 shared CPU cores)
 
 
@@ -78,7 +79,8 @@ def extracted(camera_bags, model_parameters, tmp_path_factory) -> dict:
     out, npz = folder / "mcap_out", folder / "mcap.npz"
     done = subprocess.run(
         [str(INSTALL_BIN / "extract"), "--bag", str(camera_bags["mcap"].path), "--image-topic", IMAGE_TOPIC,
-         "--camera-info-topic", CAMERA_INFO_TOPIC, "--out", str(out), "--npz", str(npz), *param_args(values)],
+         "--camera-info-topic", CAMERA_INFO_TOPIC, "--out", str(out), "--npz", str(npz), "--features",
+         *param_args(values)],
         capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -186,7 +188,7 @@ def test_one_keypoints_and_one_matches_per_image_with_the_image_stamps(storage, 
     assert f"{FRAMES} images" in stderr and f"{FRAMES} frames written" in stderr, stderr
     assert not list(out.parent.glob("*.partial")), "no partial output left"
     back = read_bag(out)
-    assert sorted(back) == [KEYPOINTS_TOPIC, MATCHES_TOPIC]
+    assert sorted(back) == sorted([KEYPOINTS_TOPIC, MATCHES_TOPIC] + ([FEATURES_TOPIC] if storage == "mcap" else []))
     images = camera_bags[storage].images
     for topic in (KEYPOINTS_TOPIC, MATCHES_TOPIC):
         assert len(back[topic]) == len(images), topic
@@ -234,6 +236,28 @@ def test_normalized_coordinates_come_from_the_bags_camera_info(camera_bags, extr
         arrays = keypoint_arrays(keypoints)
         expected = normalized_coordinates(arrays["points"], check_camera_info(info, SIZE))
         np.testing.assert_allclose(arrays["normalized"], expected, rtol=1e-6, atol=1e-6)  # float32 in the message
+
+
+def test_features_are_the_tracked_keypoints_in_the_vins_layout(extracted):
+    """--features: as the node's ~/features, a PointCloud per frame with tracked keypoints (none for the first
+    frame): the keypoints with track_length >= 2, their normalised (x, y, 1), ids and pixels."""
+    back = read_bag(extracted["mcap"][0])
+    keypoints = {msg.header.stamp.nanosec: msg for _, msg in back[KEYPOINTS_TOPIC]}
+    features = back[FEATURES_TOPIC]
+    assert len(features) == FRAMES - 1
+    first = min(keypoints)
+    for logged, cloud in features:
+        assert cloud.header.stamp.nanosec != first
+        source = keypoint_arrays(keypoints[cloud.header.stamp.nanosec])
+        tracked = source["track_lengths"] >= 2
+        channels = {channel.name: np.asarray(channel.values) for channel in cloud.channels}
+        assert list(channels) == ["id", "camera_id", "u", "v", "velocity_x", "velocity_y"]
+        np.testing.assert_array_equal(channels["id"], source["track_ids"][tracked] % (1 << 24))
+        np.testing.assert_array_equal(channels["u"], source["points"][tracked, 0])
+        np.testing.assert_array_equal(channels["v"], source["points"][tracked, 1])
+        xyz = np.array([[p.x, p.y, p.z] for p in cloud.points], np.float32)
+        np.testing.assert_allclose(xyz[:, :2], source["normalized"][tracked], atol=1e-6)
+        assert np.all(xyz[:, 2] == 1.0)
 
 
 def test_output_bag_declares_the_message_definitions_and_rosidl_type_hashes(extracted):
