@@ -242,13 +242,13 @@ def test_features_are_the_tracked_keypoints_in_the_vins_layout(extracted):
     """--features: as the node's ~/features, a PointCloud per frame with tracked keypoints (none for the first
     frame): the keypoints with track_length >= 2, their normalised (x, y, 1), ids and pixels."""
     back = read_bag(extracted["mcap"][0])
-    keypoints = {msg.header.stamp.nanosec: msg for _, msg in back[KEYPOINTS_TOPIC]}
+    keypoints = {(msg.header.stamp.sec, msg.header.stamp.nanosec): msg for _, msg in back[KEYPOINTS_TOPIC]}
     features = back[FEATURES_TOPIC]
     assert len(features) == FRAMES - 1
-    first = min(keypoints)
-    for logged, cloud in features:
-        assert cloud.header.stamp.nanosec != first
-        source = keypoint_arrays(keypoints[cloud.header.stamp.nanosec])
+    for _, cloud in features:
+        stamp = (cloud.header.stamp.sec, cloud.header.stamp.nanosec)
+        assert stamp != min(keypoints), "no features for the first frame"
+        source = keypoint_arrays(keypoints[stamp])
         tracked = source["track_lengths"] >= 2
         channels = {channel.name: np.asarray(channel.values) for channel in cloud.channels}
         assert list(channels) == ["id", "camera_id", "u", "v", "velocity_x", "velocity_y"]
@@ -267,14 +267,14 @@ def test_output_bag_declares_the_message_definitions_and_rosidl_type_hashes(extr
     from rosbags.rosbag2 import Reader
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-    share = Path(get_package_share_directory("kp2d_ros_msgs")) / "msg"
     for storage in ("mcap", "sqlite3"):
         expected = read_bag(extracted[storage][0])
         with Reader(extracted[storage][0]) as reader:
             store = get_typestore(Stores.EMPTY)
             for connection in reader.connections:
-                name = connection.msgtype.rsplit("/", 1)[1]
-                rosidl_hash = json.loads((share / f"{name}.json").read_text())["type_hashes"][0]["hash_string"]
+                package, _, name = connection.msgtype.split("/")
+                description = Path(get_package_share_directory(package)) / "msg" / f"{name}.json"
+                rosidl_hash = json.loads(description.read_text())["type_hashes"][0]["hash_string"]
                 assert connection.digest == rosidl_hash, connection.msgtype
                 store.register(get_types_from_msg(connection.msgdef.data, connection.msgtype))
             decoded = [store.deserialize_cdr(raw, c.msgtype) for c, _, raw in reader.messages()
@@ -444,3 +444,16 @@ def test_interrupt_leaves_no_partial_output(camera_bags, model_parameters, tmp_p
     assert code == 130 and "interrupted" in stderr, stderr
     assert calls["n"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "no output, no partial output"
+
+
+def test_roi_and_mask_parameters_of_the_node_apply(camera_bags, model_parameters, tmp_path):
+    code, stderr = run_extract("--bag", camera_bags["mcap"].path, "--image-topic", IMAGE_TOPIC, "--npz",
+                               tmp_path / "roi.npz", "--param", "roi=[0, 0, 80, 60]",
+                               *param_args(PARAMETERS | model_parameters), "--quiet")  # fmt: skip
+    assert code == 0, stderr
+    points = FrameArrays(tmp_path / "roi.npz")["points"]
+    assert len(points) and np.all(np.round(points) < [80, 60]), "keypoints only inside the roi"
+    code, stderr = run_extract("--bag", camera_bags["mcap"].path, "--image-topic", IMAGE_TOPIC, "--npz",
+                               tmp_path / "mask.npz", "--param", f"mask={tmp_path / 'no_mask.png'}")  # fmt: skip
+    assert code == 2 and "no_mask.png" in stderr and stderr.strip().count("\n") == 0, stderr
+    assert not (tmp_path / "mask.npz").exists()
