@@ -11,12 +11,13 @@ takes the newest) runs what the ``detector`` node runs: the message is deseriali
 (defaults, ``--params-file``, ``--param``), and turned into Keypoints / Matches by ``kp2d_ros.messages``.
 
 Output ``OUT``: a rosbag2 directory (MCAP by default, ``--storage sqlite3``) with ``/kp2d_detector/keypoints`` and
-``/kp2d_detector/matches`` (``--features``: also ``/kp2d_detector/features``, the VINS-Fusion PointCloud), one of
-each per processed image, headers = the image's header. Log time of each output message = the source image's log
+``/kp2d_detector/matches`` (``--features`` or the parameter ``publish_vins_features``: also
+``/kp2d_detector/features``, the node's VINS-Fusion PointCloud), one of each per processed image, headers = the
+image's header. Log time of each output message = the source image's log
 time in the input bag (``--log-time header``: the image's header stamp), so ``ros2 bag play IN OUT`` replays
 them together. ``--npz``: the same frames as NumPy arrays (``kp2d_model.frame_arrays``).
-Atomic output: written to ``OUT.partial`` (and ``OUT.npz.partial``), renamed when every frame is done; on an error
-or Ctrl-C the partial files are removed (nothing half-written is left; there is no resume).
+Atomic output: written into ``OUT.partial/`` (and ``OUT.npz.partial``), moved to ``OUT`` when every frame is done;
+on an error or Ctrl-C the partial output is removed (nothing half-written is left; there is no resume).
 Camera info (``--camera-info-topic``): the CameraInfo with the image's exact stamp, else the latest one stamped
 before it. Frames that cannot be read (corrupt message, unsupported encoding, ...) are skipped and counted.
 Usage errors (no bag, topic not in the bag, wrong type, bad parameter) print one line and exit 2.
