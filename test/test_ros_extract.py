@@ -457,3 +457,27 @@ def test_roi_and_mask_parameters_of_the_node_apply(camera_bags, model_parameters
                                tmp_path / "mask.npz", "--param", f"mask={tmp_path / 'no_mask.png'}")  # fmt: skip
     assert code == 2 and "no_mask.png" in stderr and stderr.strip().count("\n") == 0, stderr
     assert not (tmp_path / "mask.npz").exists()
+
+
+def test_compressed_image_topic_is_extracted(model_parameters, tmp_path):
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+
+    from kp2d_ros.messages import to_array
+
+    messages = []
+    for image in image_messages(camera_frames(3, SIZE)):
+        ok, jpeg = cv2.imencode(".jpg", np.frombuffer(image.data, np.uint8).reshape(SIZE[1], SIZE[0], 3))
+        assert ok
+        msg = CompressedImage(header=image.header, format="jpeg")
+        msg.data = to_array("B", jpeg)
+        messages.append(msg)
+    topic = IMAGE_TOPIC + "/compressed"
+    bag = write_bag(tmp_path / "jpeg", "sqlite3",
+                    {topic: [("sensor_msgs/msg/CompressedImage", log_time(m), m) for m in messages]})  # fmt: skip
+    code, stderr = run_extract("--bag", bag, "--image-topic", topic, "--out", tmp_path / "out",
+                               *param_args(PARAMETERS | model_parameters), "--quiet")  # fmt: skip
+    assert code == 0 and "3 frames written" in stderr, stderr
+    back = read_bag(tmp_path / "out")
+    assert [m.header for _, m in back[KEYPOINTS_TOPIC]] == [m.header for m in messages]
+    assert all(len(m.x) > 0 for _, m in back[KEYPOINTS_TOPIC])
