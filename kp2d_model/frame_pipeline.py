@@ -17,10 +17,10 @@ A stamp earlier than the previous frame's resets the pipeline (no matching, fres
 next unused id); the record says so (``reset``). ``vins_features`` selects the tracked inliers of a record in
 VINS-Fusion's feature_tracker layout.
 
-Deviations from the agreed API (docs in /work/notes/pipeline_api.md): ``rotation`` / ``prediction_radius`` are
-added by the IMU work. Additions: :attr:`FramePipeline.previous_stamp_ns` (the stamp a backwards frame was
-compared with, for the node's warning), :attr:`FrameRecord.carried` (the pairs that carried a track),
-``keep_mask`` and ``MaskSizeError``. The detector must take the per-call keyword overrides ``top_k``,
+Against the API agreed for issue 16: ``step(rotation=...)`` / ``MatchConfig.prediction_radius`` (IMU-aided
+matching) come with the IMU work. Additions: :attr:`FramePipeline.previous_stamp_ns` (the stamp a backwards
+frame was compared with, for the node's warning), :attr:`FrameRecord.carried` (the pairs that carried a track),
+``keep_mask``, ``read_mask`` and ``MaskSizeError``. The detector must take the per-call keyword overrides ``top_k``,
 ``score_threshold``, ``nms_radius`` and ``mask`` (``KeypointDetector.__call__`` does; a subclass overriding
 ``__call__`` forwards them).
 """

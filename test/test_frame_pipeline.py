@@ -176,3 +176,17 @@ def test_the_mask_applies_in_image_pixels_when_the_network_runs_at_another_scale
     scaled = KeypointDetector(device="cpu", top_k=60, input_scale=0.5)
     record = FramePipeline(scaled, PipelineConfig(top_k=60, mask=mask)).step(pan.frames[0], 0, channel_order="bgr")
     assert len(record.points) == 60 and (np.round(record.points[:, 1]) >= height // 2).all()
+
+
+def test_detector_keyword_overrides_equal_the_same_settings_given_at_construction(detector, pan):
+    """detector(image, top_k=..., nms_radius=...) gives what a detector built with those settings gives."""
+    built = KeypointDetector(device="cpu", top_k=80, nms_radius=1)
+    expected = built(pan.frames[0])
+    given = detector(pan.frames[0], top_k=80, nms_radius=1)
+    np.testing.assert_array_equal(given.keypoints.numpy(), expected.keypoints.numpy())
+    np.testing.assert_array_equal(given.descriptors.numpy(), expected.descriptors.numpy())
+    assert detector.top_k == 300 and detector.nms_radius == 0
+    from kp2d_model.image import ImageFormatError
+
+    with pytest.raises(ImageFormatError, match=r"mask is 10 x 10 pixels but images\[0\] is 320 x 240"):
+        detector(pan.frames[0], mask=np.ones((10, 10), np.uint8))
