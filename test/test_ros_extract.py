@@ -404,13 +404,14 @@ def test_invalid_parameters_and_existing_output_are_usage_errors(camera_bags, tm
         assert code == 2 and expected in stderr and stderr.strip().count("\n") == 0, (extra, stderr)
 
 
-def test_params_file_of_the_node_applies(camera_bags, model_parameters, tmp_path):
+def test_params_files_of_the_node_apply_in_order(camera_bags, model_parameters, tmp_path):
     params = tmp_path / "params.yaml"
     model = f"    model: {json.dumps(model_parameters['model'])}\n" if model_parameters else ""
     params.write_text(f"/**:\n  ros__parameters:\n    top_k: 20\n    device: cpu\n    publish_descriptors: false\n"
                       f"{model}")
-    code, stderr = run_extract("--bag", camera_bags["mcap"].path, "--image-topic", IMAGE_TOPIC,
-                               "--params-file", params, "--npz", tmp_path / "o.npz", "--quiet")  # fmt: skip
+    code, stderr = run_extract("--bag", camera_bags["mcap"].path, "--image-topic", IMAGE_TOPIC, "--params-file",
+                               REPO_ROOT / "config" / "detector.yaml", "--params-file", params,
+                               "--npz", tmp_path / "o.npz", "--quiet")  # fmt: skip
     assert code == 0, stderr
     arrays = FrameArrays(tmp_path / "o.npz")
     assert np.all(np.diff(arrays["keypoint_offsets"]) <= 20) and "descriptors" not in arrays.arrays
