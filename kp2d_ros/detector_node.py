@@ -76,7 +76,15 @@ try:
 except ImportError:
     diagnostic_updater = None
 
-__all__ = ["DetectorNode", "main", "pipeline_config_from_settings"]
+__all__ = [
+    "DetectorNode",
+    "build_detector",
+    "declare_parameters",
+    "main",
+    "parameter_problems",
+    "pipeline_config_from_settings",
+    "settings_from_parameters",
+]
 
 GEOMETRY_MODELS = ("none", "homography", "fundamental")
 IMAGE_QOS = ("sensor_data", "reliable")
@@ -327,11 +335,7 @@ class DetectorNode(Node):
 
     def __init__(self, detector: KeypointDetector | None = None, **node_kwargs: Any):
         super().__init__("kp2d_detector", **node_kwargs)
-        for name, (default, description, extra) in PARAMETERS.items():
-            self.declare_parameter(name, default, ParameterDescriptor(description=description, **extra))
-            unset = self.get_parameter_or(name, None).type_ == Parameter.Type.NOT_SET  # typed, no value given
-            if default == Parameter.Type.INTEGER_ARRAY and unset:
-                self.set_parameters([Parameter(name, Parameter.Type.INTEGER_ARRAY, [])])
+        declare_parameters(self)
         self._settings = self._read_settings()
         self._check_startup_parameters()
         if self._param("mask"):
@@ -399,12 +403,7 @@ class DetectorNode(Node):
         return Settings(**{field: _settings_value(name, self._param(name)) for name, field in RUNTIME_NAMES.items()})
 
     def _check_startup_parameters(self) -> None:
-        problems = [self._invalid_reason(name, self._param(name)) for name in PARAMETERS]
-        problems = [p for p in problems if p]
-        if (self._param("input_width") == 0) != (self._param("input_height") == 0):
-            problems.append("input_width and input_height must both be 0 (native size) or both > 0")
-        if self._param("input_width") and self._param("input_scale") != 1.0:
-            problems.append("give input_width/input_height or input_scale, not both")
+        problems = parameter_problems({name: self._param(name) for name in PARAMETERS})
         if self._param("publish_vins_features") and not self._param("use_camera_info"):
             problems.append("publish_vins_features needs use_camera_info:=true (features are normalised coordinates)")
         if problems:
@@ -422,32 +421,8 @@ class DetectorNode(Node):
         return None
 
     def _build_detector(self) -> KeypointDetector:
-        model = self._param("model")
-        if not model and not default_checkpoint_path().is_file():
-            raise CheckpointError(
-                f"no model: the default model {default_checkpoint_path()} is not installed; pass a checkpoint with "
-                "'--ros-args -p model:=/path/to/model.ckpt' (released KP2D .ckpt, project .safetensors or trainer .pt)"
-            )
-        if model and not os.path.isfile(model):
-            raise CheckpointError(f"model file {model!r} does not exist (parameter 'model')")
-        if self._param("num_threads") > 0:
-            torch.set_num_threads(self._param("num_threads"))
-        width, height = self._param("input_width"), self._param("input_height")
-        s = self._settings
-        detector = KeypointDetector(
-            checkpoint=model or None,
-            device=self._param("device"),
-            top_k=s.top_k,
-            score_threshold=s.score_threshold,
-            nms_radius=s.nms_radius,
-            half=self._param("half"),
-            input_size=(width, height) if width and height else None,
-            input_scale=None if width and height else self._param("input_scale"),  # default 1.0: one or the other
-            precision=self._param("precision"),
-            backend=self._param("backend"),
-            calibration=self._param("calibration") or None,
-        )
-        self._model_name = model or str(default_checkpoint_path())
+        detector = build_detector({name: self._param(name) for name in PARAMETERS})
+        self._model_name = self._param("model") or str(default_checkpoint_path())
         return detector
 
     def _setup_subscriptions(self) -> None:
@@ -782,6 +757,64 @@ class DetectorNode(Node):
         if hasattr(self, "_worker") and self._worker.is_alive():
             self._worker.join(timeout=10.0)
         super().destroy_node()
+
+
+def declare_parameters(node: Node) -> None:
+    """Declare the PARAMETERS table on ``node`` (the detector node; the bag extractor's parameter reader)."""
+    for name, (default, description, extra) in PARAMETERS.items():
+        node.declare_parameter(name, default, ParameterDescriptor(description=description, **extra))
+        unset = node.get_parameter_or(name, None).type_ == Parameter.Type.NOT_SET  # typed, no value given
+        if default == Parameter.Type.INTEGER_ARRAY and unset:
+            node.set_parameters([Parameter(name, Parameter.Type.INTEGER_ARRAY, [])])
+
+
+def settings_from_parameters(values: dict[str, Any]) -> Settings:
+    """The Settings a node started with these parameter values (name -> value) would use, the ``mask`` file read
+    (ValueError naming it when unusable). For the bag extractor; the node reads the same in its constructor."""
+    settings = Settings(**{field: _settings_value(name, values[name]) for name, field in RUNTIME_NAMES.items()})
+    return replace(settings, mask=read_mask(values["mask"])) if values["mask"] else settings
+
+
+def parameter_problems(values: dict[str, Any]) -> list[str]:
+    """What is wrong with a full set of the node's parameter values (name -> value) beyond the types and ranges
+    rclpy checks (empty: valid). The node checks its start-up values with it, the bag extractor too."""
+    problems = [DetectorNode._invalid_reason(name, values[name]) for name in PARAMETERS]
+    problems = [p for p in problems if p]
+    if (values["input_width"] == 0) != (values["input_height"] == 0):
+        problems.append("input_width and input_height must both be 0 (native size) or both > 0")
+    if values["input_width"] and values["input_scale"] != 1.0:
+        problems.append("give input_width/input_height or input_scale, not both")
+    return problems
+
+
+def build_detector(values: dict[str, Any]) -> KeypointDetector:
+    """The node's KeypointDetector for a full set of its parameter values (model, device, precision, input size...).
+
+    Raises CheckpointError (no or missing model) / ValueError (bad combination). The bag extractor uses it too."""
+    model = values["model"]
+    if not model and not default_checkpoint_path().is_file():
+        raise CheckpointError(
+            f"no model: the default model {default_checkpoint_path()} is not installed; pass a checkpoint with "
+            "'--ros-args -p model:=/path/to/model.ckpt' (released KP2D .ckpt, project .safetensors or trainer .pt)"
+        )
+    if model and not os.path.isfile(model):
+        raise CheckpointError(f"model file {model!r} does not exist (parameter 'model')")
+    if values["num_threads"] > 0:
+        torch.set_num_threads(values["num_threads"])
+    width, height = values["input_width"], values["input_height"]
+    return KeypointDetector(
+        checkpoint=model or None,
+        device=values["device"],
+        top_k=values["top_k"],
+        score_threshold=values["score_threshold"],
+        nms_radius=values["nms_radius"],
+        half=values["half"],
+        input_size=(width, height) if width and height else None,
+        input_scale=None if width and height else values["input_scale"],  # default 1.0: one or the other
+        precision=values["precision"],
+        backend=values["backend"],
+        calibration=values["calibration"] or None,
+    )
 
 
 def main(args: list[str] | None = None) -> int:

@@ -27,7 +27,7 @@ def test_executable_is_installed_for_ros2_run_with_the_venv_python(name):
 def test_ros2_run_sees_each_tool_once():
     """lib/kp2d_ros holds the ROS executables only (the kp2d-* commands are pip's, in the environment's bin/)."""
     names = sorted(path.name for path in INSTALL_BIN.iterdir())
-    assert names == ["camera_sim", "demo", "detector", "evaluate", "track_bench", "train"], names
+    assert names == ["camera_sim", "demo", "detector", "evaluate", "extract", "track_bench", "train"], names
 
 
 @pytest.mark.parametrize(("name", "usage"), [("train", "usage:"), ("evaluate", "usage:"), ("track_bench", "usage:")])
