@@ -202,6 +202,19 @@ def _half_precision(half: bool | str) -> Precision | None:
     raise ValueError(f"half must be False, True, 'fp16' or 'bf16', got {half!r}")
 
 
+@dataclass(frozen=True)
+class _Selection:
+    """Which candidates one call keeps: the detector's settings, or the caller's overrides."""
+
+    top_k: int | None
+    score_threshold: float
+    nms_radius: int
+    mask: np.ndarray | None  # (H, W) bool of the input image, True = keep; None: everywhere
+
+
+_UNSET: Any = object()  # "not given": use the detector's own setting
+
+
 @dataclass
 class _Prepared:
     """One image ready for the network: padded BGR array + how to map coordinates back."""
@@ -241,6 +254,10 @@ class KeypointDetector:
 
     Call with one ``H x W x 3`` uint8 image (BGR by default; ``channel_order="rgb"`` for RGB; grey
     ``H x W`` and 4-channel BGRA/RGBA accepted) -> :class:`Detections`, or a list of images -> a list.
+    Keyword overrides for one call: ``top_k``, ``score_threshold``, ``nms_radius`` (the detector's own values
+    are left alone, so one detector can serve callers with different settings) and ``mask``: an ``(H, W)``
+    array of the image's size, keypoints at a zero pixel (``mask[round(y), round(x)] == 0``) are dropped before
+    the ``top_k`` truncation, so up to ``top_k`` keypoints come back from the allowed area.
     """
 
     def __init__(
@@ -476,23 +493,59 @@ class KeypointDetector:
     # --- public calls ------------------------------------------------------------------------------
 
     def __call__(
-        self, images: np.ndarray | Sequence[np.ndarray], channel_order: str = "bgr"
+        self,
+        images: np.ndarray | Sequence[np.ndarray],
+        channel_order: str = "bgr",
+        *,
+        top_k: int | None = _UNSET,
+        score_threshold: float = _UNSET,
+        nms_radius: int = _UNSET,
+        mask: np.ndarray | None = None,
     ) -> Detections | list[Detections]:
+        selection = self._selection(top_k, score_threshold, nms_radius, mask)
         if isinstance(images, np.ndarray):
-            return self.detect_batch([images], channel_order)[0]
+            return self.detect_batch([images], channel_order, selection)[0]
         if not isinstance(images, Sequence):
             raise ImageFormatError(f"expected an image array or a list of them, got {type(images).__name__}")
-        return self.detect_batch(list(images), channel_order)
+        return self.detect_batch(list(images), channel_order, selection)
 
-    def detect_batch(self, images: list[np.ndarray], channel_order: str = "bgr") -> list[Detections]:
+    def _selection(self, top_k: Any, score_threshold: Any, nms_radius: Any, mask: Any) -> _Selection:
+        """The call's overrides over the detector's settings (checked as ``__init__`` checks them)."""
+        nms_radius = self.nms_radius if nms_radius is _UNSET else nms_radius
+        if nms_radius < 0 or int(nms_radius) != nms_radius:
+            raise ValueError(f"nms_radius must be a non-negative integer (cells), got {nms_radius!r}")
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.ndim != 2:
+                raise ImageFormatError(f"mask: expected an (H, W) array, got shape {mask.shape}")
+            mask = mask != 0
+        return _Selection(
+            self.top_k if top_k is _UNSET else top_k,
+            float(self.score_threshold if score_threshold is _UNSET else score_threshold),
+            int(nms_radius),
+            mask,
+        )
+
+    def detect_batch(
+        self, images: list[np.ndarray], channel_order: str = "bgr", selection: _Selection | None = None
+    ) -> list[Detections]:
         """Detect in several images; images of the same (padded) size run as one network batch."""
+        selection = selection or self._selection(_UNSET, _UNSET, _UNSET, None)
         prepared = [self._prepare(to_bgr(image, channel_order, name=f"images[{i}]")) for i, image in enumerate(images)]
+        if selection.mask is not None:
+            for index, item in enumerate(prepared):
+                if selection.mask.shape != item.input_size[::-1]:
+                    raise ImageFormatError(
+                        f"mask is {selection.mask.shape[1]} x {selection.mask.shape[0]} pixels but images[{index}] "
+                        f"is {item.input_size[0]} x {item.input_size[1]}"
+                    )
         results: list[Detections | None] = [None] * len(prepared)
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, item in enumerate(prepared):
             groups.setdefault(item.padded.shape, []).append(index)
         for indices in groups.values():
-            for index, detections in zip(indices, self._detect_group([prepared[i] for i in indices]), strict=True):
+            group = self._detect_group([prepared[i] for i in indices], selection)
+            for index, detections in zip(indices, group, strict=True):
                 results[index] = detections
         return results  # type: ignore[return-value]
 
@@ -561,17 +614,17 @@ class KeypointDetector:
                 features = self._descriptor_conv(features)
         return score, coord, features
 
-    def _detect_group(self, items: list[_Prepared]) -> list[Detections]:
+    def _detect_group(self, items: list[_Prepared], selection: _Selection) -> list[Detections]:
         batch = np.stack([item.padded for item in items])
         padded_h, padded_w = batch.shape[1:3]
         score, coord, features = self._run_trunk(batch)
         with torch.inference_mode():
-            keep = score > self.score_threshold
-            if self.nms_radius > 0:
-                size = 2 * self.nms_radius + 1
-                keep &= score == F.max_pool2d(score, size, stride=1, padding=self.nms_radius)
+            keep = score > selection.score_threshold
+            if selection.nms_radius > 0:
+                size = 2 * selection.nms_radius + 1
+                keep &= score == F.max_pool2d(score, size, stride=1, padding=selection.nms_radius)
             return [
-                self._select(score[b, 0], coord[b], keep[b, 0], features[b], item, padded_h, padded_w)
+                self._select(score[b, 0], coord[b], keep[b, 0], features[b], item, padded_h, padded_w, selection)
                 for b, item in enumerate(items)
             ]
 
@@ -584,14 +637,24 @@ class KeypointDetector:
         item: _Prepared,
         padded_h: int,
         padded_w: int,
+        selection: _Selection,
     ) -> Detections:
         """score/keep ``(Hc, Wc)``, coord ``(2, Hc, Wc)``, features ``(C, h, w)`` -> Detections of one image."""
         valid_w, valid_h = item.valid_size
+        input_w, input_h = item.input_size
+        resized = (valid_w, valid_h) != (input_w, input_h)
         keep = keep & (coord[0] <= valid_w - 1) & (coord[1] <= valid_h - 1)  # drop points in the padding
         scores = score[keep]
         points = coord[:, keep].T  # (N, 2) x, y in network-input pixels
-        if self.top_k is not None and 0 < self.top_k < scores.shape[0]:
-            scores, order = torch.topk(scores, self.top_k, sorted=True)
+        if selection.mask is not None and points.shape[0]:  # before top_k: up to top_k from the allowed area
+            image_points = to_image_pixels(points, (valid_w, valid_h), (input_w, input_h)) if resized else points
+            x = image_points[:, 0].round().clamp(0, input_w - 1).long().cpu().numpy()
+            y = image_points[:, 1].round().clamp(0, input_h - 1).long().cpu().numpy()
+            allowed = torch.from_numpy(selection.mask[y, x]).to(points.device)
+            scores, points = scores[allowed], points[allowed]
+        top_k = selection.top_k
+        if top_k is not None and 0 < top_k < scores.shape[0]:
+            scores, order = torch.topk(scores, top_k, sorted=True)
         else:
             scores, order = torch.sort(scores, descending=True, stable=True)
         points = points[order]
@@ -605,7 +668,6 @@ class KeypointDetector:
             dense = features[None] if self._descriptor_conv is None else self._descriptor_conv(features[None])
             grid = points.T.reshape(1, 2, 1, -1)
             descriptors = sample_descriptors(dense, grid, padded_h, padded_w, self.align_corners)[0, :, 0].T
-        input_w, input_h = item.input_size
-        if (valid_w, valid_h) != (input_w, input_h):  # resized
+        if resized:
             points = to_image_pixels(points, (valid_w, valid_h), (input_w, input_h))
         return Detections(points.contiguous(), scores.contiguous(), descriptors.contiguous(), (input_w, input_h))

@@ -5,9 +5,10 @@ Subscribes ``image`` (sensor_msgs/Image), optionally ``<image>/compressed`` and 
 built while subscribed) and ``/diagnostics``. Output headers are the source image's header.
 
 Latest-frame processing: subscription callbacks only store the newest frame in a one-slot buffer (a frame
-that replaces an unprocessed one is counted as dropped); a worker thread converts, runs the network (GPU
-when present), matches against the previous processed frame on the same device, carries track ids and
-publishes. The executor thread stays free for parameter services while the worker runs inference.
+that replaces an unprocessed one is counted as dropped); a worker thread converts the message, runs one
+``kp2d_model.frame_pipeline.FramePipeline.step`` (network on the GPU when present, matching against the previous
+processed frame on the same device, geometry, track ids, normalised coordinates) and publishes the record.
+The executor thread stays free for parameter services while the worker runs inference.
 Bad input (any frame) gives a throttled, specific warning and the node goes on with the next frame.
 Frames the camera sent that never arrive (camera_info stamps without their image, gaps in image stamps) give a
 throttled "frames lost in transport" warning and a diagnostics count (``kp2d_ros.frame_loss``).
@@ -35,16 +36,18 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from kp2d_model import CheckpointError, KeypointDetector, match_descriptors, verify_geometry
+from kp2d_model import CheckpointError, KeypointDetector
+from kp2d_model.camera import Intrinsics
 from kp2d_model.checkpoint import default_checkpoint_path
 from kp2d_model.engines import BackendName, Precision
+from kp2d_model.frame_pipeline import FramePipeline, MaskSizeError, MatchConfig, PipelineConfig
 from kp2d_model.image import ImageFormatError
-from kp2d_ros.camera_model import CameraInfoError, check_camera_info, normalized_coordinates
+from kp2d_ros.camera_model import CameraInfoError, check_camera_info
 from kp2d_ros.conversions import BACKEND, ConvertedImage, ImageInputError, compressed_to_array, image_to_array
 from kp2d_ros.debug_image import draw_debug_image
 from kp2d_ros.frame_loss import FrameLossMonitor
-from kp2d_ros.messages import keypoints_message, matches_message, to_array
-from kp2d_ros.tracks import TrackHistory, TrackIds, carry_tracks
+from kp2d_ros.messages import keypoints_from_record, matches_from_record, to_array
+from kp2d_ros.tracks import TrackHistory
 from kp2d_ros.transport import receive_buffer_warning
 from kp2d_ros_msgs.msg import Keypoints, Matches
 
@@ -57,7 +60,7 @@ try:
 except ImportError:
     diagnostic_updater = None
 
-__all__ = ["DetectorNode", "main"]
+__all__ = ["DetectorNode", "main", "pipeline_config_from_settings"]
 
 GEOMETRY_MODELS = ("none", "homography", "fundamental")
 IMAGE_QOS = ("sensor_data", "reliable")
@@ -89,6 +92,20 @@ class Settings:
     max_image_pixels: int
     debug_image: bool
     debug_tail_length: int
+
+
+def pipeline_config_from_settings(settings: Settings) -> PipelineConfig:
+    """The frame pipeline's config for the node's runtime parameters (0 = off becomes None)."""
+    match = MatchConfig(
+        mutual=settings.matching_mutual,
+        ratio=settings.matching_ratio or None,
+        max_distance=settings.matching_max_distance or None,
+        geometry=settings.geometry,
+        geometry_threshold=settings.geometry_threshold,
+    )
+    return PipelineConfig(
+        top_k=settings.top_k, score_threshold=settings.score_threshold, nms_radius=settings.nms_radius, match=match
+    )
 
 
 def _int_range(low: int, high: int) -> dict[str, Any]:
@@ -163,17 +180,6 @@ class Frame:
     msg: Image | CompressedImage
     camera_info: CameraInfo | None
     received_ns: int  # time.monotonic_ns() at receipt
-
-
-@dataclass
-class PreviousFrame:
-    """What the next frame is matched against."""
-
-    stamp: Time
-    stamp_ns: int
-    points: np.ndarray  # (N, 2) float32 pixels
-    descriptors: torch.Tensor  # (N, D) on the detector's device
-    tracks: TrackIds
 
 
 class LatestFrameSlot:
@@ -281,8 +287,7 @@ class DetectorNode(Node):
 
         self._slot = LatestFrameSlot()
         self._stats = Statistics()
-        self._previous: PreviousFrame | None = None
-        self._next_track_id = 1
+        self._pipeline = FramePipeline(self._detector, pipeline_config_from_settings(self._settings))
         self._sequence = 0
         self._history = TrackHistory(self._settings.debug_tail_length)
         self._latest_camera_info: CameraInfo | None = None
@@ -489,6 +494,9 @@ class DetectorNode(Node):
             except ImageInputError as error:
                 self._stats.count("rejected")
                 self._warn(f"image:{error.kind}", f"frame skipped: {error}")
+            except MaskSizeError as error:
+                self._stats.count("rejected")
+                self._warn("image:mask_size", f"frame skipped: {error} (parameter 'mask')")
             except ImageFormatError as error:  # the detector refused the image (e.g. thinner than one cell)
                 self._stats.count("rejected")
                 self._warn("image:refused_by_detector", f"frame skipped: {error}")
@@ -527,96 +535,48 @@ class DetectorNode(Node):
             return compressed_to_array(frame.msg, settings.max_image_pixels, pixel_count)
         return image_to_array(frame.msg, settings.max_image_pixels, pixel_count)
 
+    def _intrinsics(self, frame: Frame, image_size: tuple[int, int]) -> Intrinsics | None:
+        """The frame's CameraInfo as Intrinsics, or None (with a throttled warning when it is unusable)."""
+        if frame.camera_info is None:
+            if self._param("use_camera_info"):
+                self._warn("camera_info:none", "use_camera_info is set but no camera_info has been received yet")
+            return None
+        try:
+            return check_camera_info(frame.camera_info, image_size)
+        except CameraInfoError as error:
+            self._warn(f"camera_info:{error.kind}", str(error))
+            return None
+
     def _process(self, frame: Frame) -> None:
+        """Convert -> pipeline step -> publish (keypoints, matches, debug image) and count."""
         settings = self._settings
         header = frame.msg.header
         image = self._convert(frame, settings)
         height, width = image.pixels.shape[:2]
-        stamp_ns = _stamp_ns(header.stamp)
-        previous = self._previous
-        if previous is not None and stamp_ns < previous.stamp_ns:
+        previous_stamp_ns = self._pipeline.previous_stamp_ns
+        record = self._pipeline.step(
+            image.pixels,
+            _stamp_ns(header.stamp),
+            channel_order=image.channel_order,
+            intrinsics=self._intrinsics(frame, (width, height)),
+            config=pipeline_config_from_settings(settings),
+        )
+        if record.reset:
             self._warn(
                 "stamp_backwards",
-                f"image stamp went backwards ({stamp_ns / 1e9:.3f} s < {previous.stamp_ns / 1e9:.3f} s): "
+                f"image stamp went backwards ({record.stamp_ns / 1e9:.3f} s < {previous_stamp_ns / 1e9:.3f} s): "
                 "matching and tracks reset",
             )
-            previous = self._previous = None
             self._history.clear()
 
-        detector = self._detector
-        detector.top_k, detector.score_threshold, detector.nms_radius = (
-            settings.top_k,
-            settings.score_threshold,
-            settings.nms_radius,
-        )
-        start = time.perf_counter()
-        detections = detector(image.pixels, channel_order=image.channel_order)
-        inference_ms = (time.perf_counter() - start) * 1e3
-
-        if previous is not None:
-            matches = match_descriptors(
-                previous.descriptors,
-                detections.descriptors,
-                mutual=settings.matching_mutual,
-                ratio=settings.matching_ratio or None,
-                max_distance=settings.matching_max_distance or None,
-            )
-            previous_index = matches.index_a.cpu().numpy()
-            current_index = matches.index_b.cpu().numpy()
-            distance = matches.distance.cpu().numpy()
-        else:
-            previous_index = current_index = np.zeros(0, np.int64)
-            distance = np.zeros(0, np.float32)
-        points = detections.keypoints.cpu().numpy()
-        scores = detections.scores.cpu().numpy()
-
-        previous_points = previous.points[previous_index] if previous is not None else np.zeros((0, 2), np.float32)
-        current_points = points[current_index]
-        model, inlier = None, None
-        if settings.geometry != "none":
-            model, inlier = verify_geometry(
-                previous_points, current_points, model=settings.geometry, threshold=settings.geometry_threshold
-            )
-        carried = inlier if inlier is not None else slice(None)
-        tracks, self._next_track_id = carry_tracks(
-            previous.tracks if previous is not None else None,
-            len(points),
-            previous_index[carried],
-            current_index[carried],
-            self._next_track_id,
-        )
-
-        normalized = None
-        if frame.camera_info is not None:
-            try:
-                k, d, distortion = check_camera_info(frame.camera_info, (width, height))
-                normalized = normalized_coordinates(points, k, d, distortion)
-            except CameraInfoError as error:
-                self._warn(f"camera_info:{error.kind}", str(error))
-        elif self._param("use_camera_info"):
-            self._warn("camera_info:none", "use_camera_info is set but no camera_info has been received yet")
-
         self._sequence += 1
-        descriptors = detections.descriptors.cpu().numpy() if settings.publish_descriptors else None
-        self._keypoints_pub.publish(
-            keypoints_message(
-                header, self._sequence, (width, height), points, scores, tracks.ids, tracks.lengths,
-                normalized, descriptors,
-            )
-        )  # fmt: skip
-        self._matches_pub.publish(
-            matches_message(
-                header, previous.stamp if previous is not None else None, previous_index, current_index, distance,
-                previous_points, current_points, settings.geometry, inlier, model,
-            )
-        )  # fmt: skip
+        self._keypoints_pub.publish(keypoints_from_record(header, self._sequence, record, settings.publish_descriptors))
+        self._matches_pub.publish(matches_from_record(header, record, settings.geometry))
         self._history.resize(settings.debug_tail_length)
-        self._history.add(tracks.ids, points)
+        self._history.add(record.tracks.ids, record.points)
         if settings.debug_image and self._debug_pub.get_subscription_count() > 0:
-            self._publish_debug_image(header, image, points, tracks.lengths)
-
-        self._previous = PreviousFrame(header.stamp, stamp_ns, points, detections.descriptors, tracks)
-        self._stats.add_processed((time.monotonic_ns() - frame.received_ns) / 1e6, inference_ms)
+            self._publish_debug_image(header, image, record.points, record.tracks.lengths)
+        self._stats.add_processed((time.monotonic_ns() - frame.received_ns) / 1e6, record.inference_ms)
 
     def _publish_debug_image(self, header: Any, image: ConvertedImage, points: np.ndarray, lengths: np.ndarray) -> None:
         canvas = draw_debug_image(image.pixels, image.channel_order, points, lengths, self._history.segments())

@@ -13,9 +13,19 @@ from typing import Any
 import numpy as np
 from builtin_interfaces.msg import Time
 
+from kp2d_model.frame_pipeline import FrameRecord
 from kp2d_ros_msgs.msg import GroundTruthHomography, Keypoints, Matches
 
-__all__ = ["field_array", "ground_truth_message", "keypoints_message", "matches_message", "to_array"]
+__all__ = [
+    "field_array",
+    "ground_truth_message",
+    "keypoints_from_record",
+    "keypoints_message",
+    "matches_from_record",
+    "matches_message",
+    "stamp_from_ns",
+    "to_array",
+]
 
 _NUMPY_TYPES = {"f": np.float32, "d": np.float64, "I": np.uint32, "Q": np.uint64, "B": np.uint8}
 
@@ -110,6 +120,30 @@ def matches_message(
     if model is not None:
         msg.model = np.asarray(model, dtype=np.float64).reshape(9).copy()
     return msg
+
+
+def stamp_from_ns(stamp_ns: int) -> Time:
+    """Nanoseconds since the epoch -> builtin_interfaces/Time (exact)."""
+    seconds, nanoseconds = divmod(int(stamp_ns), 1_000_000_000)
+    return Time(sec=seconds, nanosec=nanoseconds)
+
+
+def keypoints_from_record(header: Any, sequence: int, record: FrameRecord, publish_descriptors: bool) -> Keypoints:
+    """The Keypoints message of one ``FramePipeline.step`` record (header: the source image's)."""
+    descriptors = record.descriptors.cpu().numpy() if publish_descriptors else None
+    return keypoints_message(
+        header, sequence, record.image_size, record.points, record.scores, record.tracks.ids, record.tracks.lengths,
+        record.normalized, descriptors,
+    )  # fmt: skip
+
+
+def matches_from_record(header: Any, record: FrameRecord, geometry: str) -> Matches:
+    """The Matches message of one record; ``geometry``: the MatchConfig.geometry the record was made with."""
+    previous_stamp = stamp_from_ns(record.previous_stamp_ns) if record.previous_stamp_ns is not None else None
+    return matches_message(
+        header, previous_stamp, record.previous_index, record.current_index, record.distance,
+        record.previous_points, record.current_points, geometry, record.inlier, record.geometry_model,
+    )  # fmt: skip
 
 
 def ground_truth_message(

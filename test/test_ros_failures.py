@@ -40,10 +40,10 @@ class FailingFirstDetector(KeypointDetector):
         super().__init__(**kwargs)
         self.failures = list(failures)
 
-    def __call__(self, images, channel_order="bgr"):
+    def __call__(self, images, channel_order="bgr", **overrides):
         if self.failures:
             raise self.failures.pop(0)
-        return super().__call__(images, channel_order)
+        return super().__call__(images, channel_order, **overrides)
 
 
 def test_a_model_failure_on_one_frame_is_logged_and_later_frames_are_served(reference_dir, capfd):

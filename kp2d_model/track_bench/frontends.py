@@ -1,11 +1,13 @@
 """Front-ends for the sequence benchmark: one frame in, keypoints + track ids + frame-to-frame matches out.
 
 Every front-end carries track ids with ``kp2d_model.tracks.carry_tracks``, the code the detector node uses.
-The descriptor front-ends (``kp2d``, ``orb``, ``sift``) follow the node's ``_process`` step by step: detect ->
-match with the previous frame's descriptors (mutual nearest neighbour, optional ratio / max distance) ->
-optional ``verify_geometry`` (the node's ``matching.geometry``; default ``none``) -> ``carry_tracks`` with the
-surviving pairs. ``kp2d`` runs ``KeypointDetector`` and ``kp2d_model.matching.match_descriptors`` exactly as
-the node calls them; ORB's binary descriptors are matched by an OpenCV brute-force Hamming matcher with the
+``kp2d`` runs the node's own frame path, ``kp2d_model.frame_pipeline.FramePipeline`` (detect -> match with the
+previous frame's descriptors -> optional geometry -> carry tracks), with the node's parameters as a
+``PipelineConfig``; only the bench's constant-motion guided matching (``prediction_radius`` > 0, not in the node)
+runs the generic descriptor path below. The other descriptor front-ends (``orb``, ``sift``) follow the same steps:
+detect -> match with the previous frame's descriptors (mutual nearest neighbour, optional ratio / max distance)
+-> optional ``verify_geometry`` (the node's ``matching.geometry``; default ``none``) -> ``carry_tracks`` with
+the surviving pairs. ORB's binary descriptors are matched by an OpenCV brute-force Hamming matcher with the
 same mutual / ratio rules. ``klt`` is VINS-Mono/Fusion's feature_tracker (see ``KltFrontEnd``).
 """
 
@@ -19,6 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from kp2d_model.frame_pipeline import FramePipeline, MatchConfig, PipelineConfig
 from kp2d_model.matching import match_descriptors, verify_geometry
 from kp2d_model.tracks import TrackIds, carry_tracks
 
@@ -182,10 +185,34 @@ class Kp2dFrontEnd(DescriptorFrontEnd):
         except (ValueError, TypeError) as error:
             raise FrontEndError(f"kp2d: {error}") from error
         super().__init__(settings)
+        match = MatchConfig(
+            mutual=settings.mutual,
+            ratio=settings.ratio or None,
+            max_distance=settings.max_distance or None,
+            geometry=settings.geometry,
+            geometry_threshold=settings.geometry_threshold,
+        )
+        self.config = PipelineConfig(top_k=settings.top_k, match=match)
+        self.reset()
+
+    def reset(self) -> None:
+        """A new sequence: a fresh pipeline (track ids from 1 again, as the other front-ends)."""
+        super().reset()
+        if hasattr(self, "config"):
+            self.pipeline = FramePipeline(self.detector, self.config)
+            self._stamp_ns = 0
 
     def detect(self, image_bgr: np.ndarray) -> tuple[np.ndarray, Any]:
         detections = self.detector(image_bgr)
         return detections.keypoints.cpu().numpy(), detections.descriptors
+
+    def __call__(self, image_bgr: np.ndarray) -> FrameResult:
+        if self.settings.prediction_radius > 0:  # the bench's guided matching: the generic descriptor path
+            return super().__call__(image_bgr)
+        self._stamp_ns += 33_333_333  # frames in order at 30 Hz (stamps only order the frames here)
+        record = self.pipeline.step(image_bgr, self._stamp_ns, channel_order="bgr")
+        previous_index, current_index = record.carried
+        return FrameResult(record.points, record.tracks, previous_index, current_index)
 
 
 class OpenCVFrontEnd(DescriptorFrontEnd):

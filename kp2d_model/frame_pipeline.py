@@ -1,0 +1,354 @@
+"""The frame pipeline: one camera frame in, keypoints + matches to the previous frame + track ids out (no ROS).
+
+The detector node (kp2d_ros), ``kp2d-track-bench``'s kp2d front-end and the bag extractor all call
+:meth:`FramePipeline.step`; they differ only in where frames come from and where the record goes.
+Per frame, in this order (each stage a small function below, the class last):
+
+1. **detect**: ``KeypointDetector`` with the config's ``top_k`` / ``score_threshold`` / ``nms_radius`` as
+   per-call overrides (the detector object is never modified) and the **mask / roi** as a keep-mask, applied
+   by the detector *before* the ``top_k`` truncation (up to ``top_k`` keypoints come from the allowed area).
+2. **match previous**: ``match_descriptors`` against the previous frame's descriptors (same device).
+3. **verify geometry**: optional homography / fundamental fit (``verify_geometry``), inlier mask.
+4. **carry tracks**: matched pairs (inliers when geometry is on) keep their track id, length + 1.
+5. **normalise**: undistorted normalised coordinates when intrinsics are given (``kp2d_model.camera``).
+6. **velocity**: normalised-coordinate velocity per second of each carried point (VINS-Fusion's definition).
+
+A stamp earlier than the previous frame's resets the pipeline (no matching, fresh track ids continue from the
+next unused id); the record says so (``reset``). ``vins_features`` selects the tracked inliers of a record in
+VINS-Fusion's feature_tracker layout.
+
+Deviations from the agreed API (docs in /work/notes/pipeline_api.md): ``rotation`` / ``prediction_radius`` are
+added by the IMU work. Additions: :attr:`FramePipeline.previous_stamp_ns` (the stamp a backwards frame was
+compared with, for the node's warning), :attr:`FrameRecord.carried` (the pairs that carried a track),
+``keep_mask`` and ``MaskSizeError``. The detector must take the per-call keyword overrides ``top_k``,
+``score_threshold``, ``nms_radius`` and ``mask`` (``KeypointDetector.__call__`` does; a subclass overriding
+``__call__`` forwards them).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from kp2d_model.camera import Intrinsics, normalized_coordinates
+from kp2d_model.detector import KeypointDetector
+from kp2d_model.image import ImageFormatError
+from kp2d_model.matching import match_descriptors, verify_geometry
+from kp2d_model.tracks import TrackIds, carry_tracks
+
+__all__ = [
+    "GEOMETRY_MODELS",
+    "FramePipeline",
+    "FrameRecord",
+    "MaskSizeError",
+    "MatchConfig",
+    "PipelineConfig",
+    "keep_mask",
+    "vins_features",
+]
+
+GEOMETRY_MODELS = ("none", "homography", "fundamental")
+
+
+class MaskSizeError(ImageFormatError):
+    """The config's mask is for another image size than the frame (the frame cannot be processed)."""
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    """Frame-to-frame matching: mutual nearest neighbours, optional Lowe ratio / max descriptor distance,
+    optional geometric verification (``geometry`` one of GEOMETRY_MODELS, ``geometry_threshold`` pixels)."""
+
+    mutual: bool = True
+    ratio: float | None = None
+    max_distance: float | None = None
+    geometry: str = "none"
+    geometry_threshold: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.geometry not in GEOMETRY_MODELS:
+            raise ValueError(f"geometry must be one of {', '.join(GEOMETRY_MODELS)}, got {self.geometry!r}")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Per-frame settings; pass a changed copy (``dataclasses.replace``) to ``step`` to change them at runtime.
+
+    top_k / score_threshold / nms_radius: as ``KeypointDetector`` (per-call overrides). mask: ``(H, W)`` uint8
+    of the image's size, 0 = ignore (no keypoint there). roi: ``(x, y, w, h)`` pixels, keypoints outside are
+    dropped. Both: a keypoint at ``(x, y)`` is kept when the pixel ``(round(x), round(y))`` is allowed.
+    """
+
+    top_k: int = 1000
+    score_threshold: float = 0.0
+    nms_radius: int = 0
+    match: MatchConfig = field(default_factory=MatchConfig)
+    mask: np.ndarray | None = None
+    roi: tuple[int, int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.mask is not None and (self.mask.ndim != 2 or self.mask.size == 0):
+            raise ValueError(f"mask must be a non-empty (H, W) array, got shape {self.mask.shape}")
+        if self.roi is not None and (len(self.roi) != 4 or min(self.roi[2:]) <= 0 or min(self.roi[:2]) < 0):
+            raise ValueError(f"roi must be (x, y, w, h) with x, y >= 0 and w, h > 0, got {self.roi!r}")
+
+
+@dataclass
+class FrameRecord:
+    """Everything one ``step`` found. N keypoints in this frame, M matches to the previous frame.
+
+    stamp_ns, image_size ``(W, H)``; points ``(N, 2)`` float32 pixels (x right, y down), scores ``(N,)`` float32,
+    descriptors ``(N, D)`` torch on the detector's device, sorted by score. previous_stamp_ns: None on the first
+    frame / after a reset. previous_index / current_index ``(M,)`` int64, distance ``(M,)`` float32,
+    previous_points / current_points ``(M, 2)`` float32 px. geometry_model ``(3, 3)`` previous -> current or None;
+    inlier ``(M,)`` bool, None when geometry is "none". tracks: ids ``(N,)`` uint64, lengths ``(N,)`` uint32.
+    normalized ``(N, 2)`` float64 undistorted (x, y) of the ray (x, y, 1), None without intrinsics. velocity
+    ``(N, 2)`` float64 normalised units per second since the previous frame (0 for new tracks), None without
+    intrinsics or previous frame. reset: the stamp went backwards. inference_ms: the detector call.
+    """
+
+    stamp_ns: int
+    image_size: tuple[int, int]
+    points: np.ndarray
+    scores: np.ndarray
+    descriptors: torch.Tensor
+    previous_stamp_ns: int | None
+    previous_index: np.ndarray
+    current_index: np.ndarray
+    distance: np.ndarray
+    previous_points: np.ndarray
+    current_points: np.ndarray
+    geometry_model: np.ndarray | None
+    inlier: np.ndarray | None
+    tracks: TrackIds
+    normalized: np.ndarray | None
+    velocity: np.ndarray | None
+    reset: bool
+    inference_ms: float
+    predicted_points: np.ndarray | None = None
+
+    @property
+    def carried(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(previous_index, current_index)`` of the pairs that carried a track (the inliers when checked)."""
+        if self.inlier is None:
+            return self.previous_index, self.current_index
+        return self.previous_index[self.inlier], self.current_index[self.inlier]
+
+
+@dataclass
+class _Previous:
+    """What the next frame is matched against."""
+
+    stamp_ns: int
+    points: np.ndarray  # (N, 2) float32 px
+    descriptors: torch.Tensor  # (N, D)
+    tracks: TrackIds
+    normalized: np.ndarray | None  # (N, 2) float64, None without intrinsics
+
+
+# --- stages (pure functions, in the order step() runs them) ------------------------------------------------
+
+
+def keep_mask(image_size: tuple[int, int], config: PipelineConfig) -> np.ndarray | None:
+    """``(H, W)`` bool: where keypoints may be (the mask's non-zero pixels inside the roi); None: everywhere.
+
+    Raises MaskSizeError when the mask is not ``image_size`` ``(W, H)``."""
+    width, height = image_size
+    allowed = None
+    if config.mask is not None:
+        if config.mask.shape != (height, width):
+            raise MaskSizeError(
+                f"mask is {config.mask.shape[1]} x {config.mask.shape[0]} pixels but the image is {width} x {height}"
+            )
+        allowed = config.mask != 0
+    if config.roi is not None:
+        x, y, w, h = (int(v) for v in config.roi)
+        inside = np.zeros((height, width), bool)
+        inside[y : y + h, x : x + w] = True
+        allowed = inside if allowed is None else allowed & inside
+    return allowed
+
+
+def detect(
+    detector: KeypointDetector, image: np.ndarray, channel_order: str, config: PipelineConfig
+) -> tuple[np.ndarray, np.ndarray, torch.Tensor, float]:
+    """-> points ``(N, 2)`` float32 px, scores ``(N,)`` float32, descriptors ``(N, D)`` torch, milliseconds."""
+    height, width = image.shape[:2]
+    allowed = keep_mask((width, height), config)
+    start = time.perf_counter()
+    detections = detector(
+        image,
+        channel_order=channel_order,
+        top_k=config.top_k,
+        score_threshold=config.score_threshold,
+        nms_radius=config.nms_radius,
+        mask=allowed,
+    )
+    inference_ms = (time.perf_counter() - start) * 1e3
+    return detections.keypoints.cpu().numpy(), detections.scores.cpu().numpy(), detections.descriptors, inference_ms
+
+
+def match_previous(
+    previous: _Previous | None, descriptors: torch.Tensor, config: MatchConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """-> previous_index, current_index ``(M,)`` int64 and distance ``(M,)`` float32 (empty without previous)."""
+    if previous is None:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    matches = match_descriptors(
+        previous.descriptors,
+        descriptors,
+        mutual=config.mutual,
+        ratio=config.ratio,
+        max_distance=config.max_distance,
+    )
+    return matches.index_a.cpu().numpy(), matches.index_b.cpu().numpy(), matches.distance.cpu().numpy()
+
+
+def verify(
+    previous_points: np.ndarray, current_points: np.ndarray, config: MatchConfig
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """-> ``(model (3, 3) or None, inlier (M,) bool)``; ``(None, None)`` when geometry is "none"."""
+    if config.geometry == "none":
+        return None, None
+    return verify_geometry(previous_points, current_points, model=config.geometry, threshold=config.geometry_threshold)
+
+
+def track_velocity(
+    normalized: np.ndarray, previous_normalized: np.ndarray, carried: tuple[np.ndarray, np.ndarray], dt_s: float
+) -> np.ndarray:
+    """``(N, 2)`` normalised units per second: (this - previous position) / dt for carried points, 0 otherwise
+    (and 0 everywhere when ``dt_s <= 0``), as VINS-Fusion's ``FeatureTracker::ptsVelocity``."""
+    velocity = np.zeros_like(normalized)
+    previous_index, current_index = carried
+    if dt_s > 0 and len(current_index):
+        velocity[current_index] = (normalized[current_index] - previous_normalized[previous_index]) / dt_s
+    return velocity
+
+
+class FramePipeline:
+    """Keypoints, matches to the previous frame, track ids and VO outputs for a stream of frames.
+
+    Owns the previous frame, the next unused track id and the reset rule (a stamp earlier than the previous
+    frame's restarts matching and tracks). Not thread-safe: one caller steps it.
+
+    Args:
+        detector: a built :class:`KeypointDetector` (shared freely: the pipeline never changes its attributes).
+        config: the default :class:`PipelineConfig` (``step(config=...)`` overrides it for one frame).
+
+    ``step(image (H, W, C) or (H, W) uint8, stamp_ns, channel_order="rgb" | "bgr", intrinsics=None, config=None)``
+    -> :class:`FrameRecord`. Raises ``ImageFormatError`` (``MaskSizeError``) for an image the detector or the mask
+    refuses; the pipeline's state is unchanged then.
+
+    Example:
+        >>> import numpy as np
+        >>> from kp2d_model import KeypointDetector
+        >>> from kp2d_model.frame_pipeline import FramePipeline, PipelineConfig
+        >>> pipeline = FramePipeline(KeypointDetector(device="cpu"), PipelineConfig(top_k=200))
+        >>> image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+        >>> first = pipeline.step(image, stamp_ns=0, channel_order="bgr")
+        >>> second = pipeline.step(image, stamp_ns=33_000_000, channel_order="bgr")
+        >>> second.previous_stamp_ns, bool((second.tracks.lengths[second.current_index] == 2).all())
+        (0, True)
+    """
+
+    def __init__(self, detector: KeypointDetector, config: PipelineConfig = PipelineConfig()):
+        self.detector = detector
+        self.config = config
+        self._previous: _Previous | None = None
+        self._next_track_id = 1
+
+    def reset(self) -> None:
+        """Forget the previous frame; track ids keep counting (an id is never reused)."""
+        self._previous = None
+
+    @property
+    def previous_stamp_ns(self) -> int | None:
+        """The stamp of the frame the next one is matched against (None: none)."""
+        return self._previous.stamp_ns if self._previous is not None else None
+
+    def step(
+        self,
+        image: np.ndarray,
+        stamp_ns: int,
+        *,
+        channel_order: str = "rgb",
+        intrinsics: Intrinsics | None = None,
+        config: PipelineConfig | None = None,
+    ) -> FrameRecord:
+        config = config or self.config
+        height, width = image.shape[:2]
+        previous = self._previous
+        reset = previous is not None and stamp_ns < previous.stamp_ns
+        if reset:
+            previous = None
+
+        points, scores, descriptors, inference_ms = detect(self.detector, image, channel_order, config)
+        previous_index, current_index, distance = match_previous(previous, descriptors, config.match)
+        previous_points = previous.points[previous_index] if previous is not None else np.zeros((0, 2), np.float32)
+        current_points = points[current_index]
+        model, inlier = verify(previous_points, current_points, config.match)
+        carried = (previous_index, current_index) if inlier is None else (previous_index[inlier], current_index[inlier])
+        tracks, self._next_track_id = carry_tracks(
+            previous.tracks if previous is not None else None, len(points), *carried, self._next_track_id
+        )
+
+        normalized = velocity = None
+        if intrinsics is not None:
+            normalized = normalized_coordinates(points, intrinsics)
+            if previous is not None:
+                previous_normalized = previous.normalized
+                if previous_normalized is None:  # intrinsics arrived with this frame
+                    previous_normalized = normalized_coordinates(previous.points, intrinsics)
+                dt_s = (stamp_ns - previous.stamp_ns) / 1e9
+                velocity = track_velocity(normalized, previous_normalized, carried, dt_s)
+
+        self._previous = _Previous(stamp_ns, points, descriptors, tracks, normalized)
+        return FrameRecord(
+            stamp_ns=stamp_ns,
+            image_size=(width, height),
+            points=points,
+            scores=scores,
+            descriptors=descriptors,
+            previous_stamp_ns=previous.stamp_ns if previous is not None else None,
+            previous_index=previous_index,
+            current_index=current_index,
+            distance=distance,
+            previous_points=previous_points,
+            current_points=current_points,
+            geometry_model=model,
+            inlier=inlier,
+            tracks=tracks,
+            normalized=normalized,
+            velocity=velocity,
+            reset=reset,
+            inference_ms=inference_ms,
+        )
+
+
+# --- outputs ------------------------------------------------------------------------------------------------
+
+
+def vins_features(record: FrameRecord, camera_id: int = 0) -> dict[str, np.ndarray]:
+    """The record's tracked keypoints in VINS-Fusion's feature_tracker layout (K of them).
+
+    Tracked: track length >= 2, i.e. carried from the previous frame (only geometry inliers carry a track when
+    geometry is on). Returns ``ids (K,)`` uint64 track ids, ``camera_id (K,)`` int, ``points (K, 3)`` float64
+    undistorted normalised ``(x, y, 1)``, ``u``, ``v`` ``(K,)`` float32 pixels, ``velocity (K, 2)`` float64
+    normalised units per second. Needs a record made with intrinsics (ValueError otherwise).
+    """
+    if record.normalized is None:
+        raise ValueError("vins_features needs normalised coordinates: step() was called without intrinsics")
+    tracked = np.flatnonzero(record.tracks.lengths >= 2)
+    normalized = record.normalized[tracked]
+    velocity = record.velocity[tracked] if record.velocity is not None else np.zeros_like(normalized)
+    return {
+        "ids": record.tracks.ids[tracked],
+        "camera_id": np.full(len(tracked), camera_id, np.int64),
+        "points": np.concatenate([normalized, np.ones((len(tracked), 1))], axis=1),
+        "u": record.points[tracked, 0],
+        "v": record.points[tracked, 1],
+        "velocity": velocity,
+    }
