@@ -5,18 +5,17 @@ ros2/rclpy#575, is not released), so this is the Python equivalent of composing 
 container: a ``kp2d_multi_detector`` node reads the camera list (parameter ``cameras``, e.g. ``"cam0 cam1"``) and
 the detector's model parameters, builds one KeypointDetector, and starts one :class:`DetectorNode` per camera in
 namespace ``<namespace>/<camera>`` (topics ``<camera>/image``, ``<camera>/camera_info``; remap ``image`` /
-``camera_info`` as for one detector, e.g. ``-r image:=image_raw``). Each node gets a :class:`SharedDetector`: its
-own top_k / score_threshold / nms_radius, and a lock around the shared network, so frames of several cameras
-are processed one at a time by the one model (the network is the costly part; this saves its memory and
-start-up N-1 times, not compute). A ``MultiThreadedExecutor`` serves all nodes. Parameters given with
-``-p``/``--params-file`` reach every node of the process (as they would each separate detector).
+``camera_info`` as for one detector, e.g. ``-r image:=image_raw``). Each node gets a
+:class:`kp2d_ros.shared_detector.SharedDetector` (a lock around the shared network; each node keeps its own
+runtime parameters), so frames of several cameras are processed one at a time by the one model (this saves the
+network's memory and start-up N-1 times, not compute). A ``MultiThreadedExecutor`` serves all nodes.
+Parameters given with ``-p``/``--params-file`` reach every node of the process (as each separate detector).
 """
 
 from __future__ import annotations
 
 import sys
 import threading
-from typing import Any
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
@@ -26,42 +25,9 @@ from rclpy.node import Node
 
 from kp2d_model import CheckpointError, KeypointDetector
 from kp2d_ros.detector_node import PARAMETERS, DetectorNode
-from kp2d_ros.stereo_node import build_detector
+from kp2d_ros.shared_detector import MODEL_PARAMETERS, SharedDetector, build_detector
 
-__all__ = ["SharedDetector", "main", "parse_cameras", "start_detectors"]
-
-MODEL_PARAMETERS = ("model", "device", "half", "precision", "backend", "calibration", "num_threads", "input_width",
-                    "input_height", "input_scale", "top_k", "score_threshold", "nms_radius")  # fmt: skip
-
-
-class SharedDetector:
-    """One node's handle on a KeypointDetector shared by several nodes.
-
-    The node sets ``top_k`` / ``score_threshold`` / ``nms_radius`` on its handle (not on the shared detector);
-    a call takes ``lock``, applies this handle's values to the detector and runs it. Other attributes (device,
-    engine_choice, ...) are the shared detector's.
-    """
-
-    def __init__(self, detector: KeypointDetector, lock: threading.Lock):
-        self._shared, self._lock = detector, lock
-        self.top_k, self.score_threshold, self.nms_radius = (
-            detector.top_k,
-            detector.score_threshold,
-            detector.nms_radius,
-        )
-
-    def __getattr__(self, name: str) -> Any:  # only for attributes this handle does not have
-        return getattr(self._shared, name)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with self._lock:
-            detector = self._shared
-            detector.top_k, detector.score_threshold, detector.nms_radius = (
-                self.top_k,
-                self.score_threshold,
-                self.nms_radius,
-            )
-            return detector(*args, **kwargs)
+__all__ = ["main", "parse_cameras", "start_detectors"]
 
 
 def parse_cameras(text: str) -> list[str]:

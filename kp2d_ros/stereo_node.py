@@ -7,8 +7,9 @@ e.g. rclpy from PyPI, an equivalent equal-stamp pairing of the four topics); pub
 ``~/left/keypoints`` and ``~/right/keypoints`` (kp2d_ros_msgs/Keypoints), ``~/left/matches`` (Matches: left
 frame to left frame), ``~/stereo_matches`` (kp2d_ros_msgs/StereoMatches) and ``/diagnostics``.
 
-Track ids: the left camera carries ids from frame to frame (as the ``detector`` node); a right keypoint matched
-to a left keypoint gets that keypoint's id and track length, an unmatched right keypoint a fresh id (length 1).
+Track ids: the left camera carries ids from frame to frame (``kp2d_model.frame_pipeline.FramePipeline``, as the
+``detector`` node); a right keypoint matched to a left keypoint gets that keypoint's id and track length, an
+unmatched right keypoint a fresh id from 2^63 up (length 1; right-only keypoints are not tracked over time).
 Depth ``fx * baseline / disparity`` uses the right camera_info's projection matrix (``P[3] = -fx * baseline``).
 The images must be rectified (e.g. ``image_rect`` of image_proc / stereo_image_proc); camera_info distortion
 is not applied. Same habits as the detector node: latest-pair worker thread (a pair that replaces an
@@ -27,7 +28,6 @@ from typing import Any
 import cv2
 import numpy as np
 import rclpy
-import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.exceptions import ParameterException
@@ -36,11 +36,12 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 
-from kp2d_model import CheckpointError, KeypointDetector, match_descriptors, verify_geometry
-from kp2d_model.checkpoint import default_checkpoint_path
+from kp2d_model import CheckpointError, KeypointDetector
+from kp2d_model.camera import Intrinsics
+from kp2d_model.frame_pipeline import FramePipeline, MatchConfig, PipelineConfig, detect
 from kp2d_model.image import ImageFormatError
 from kp2d_model.stereo import StereoConfig, StereoError, match_stereo
-from kp2d_model.tracks import TrackIds, carry_tracks
+from kp2d_model.tracks import carry_tracks
 from kp2d_ros.conversions import ConvertedImage, ImageInputError, image_to_array
 from kp2d_ros.detector_node import (
     GEOMETRY_MODELS,
@@ -51,7 +52,8 @@ from kp2d_ros.detector_node import (
     _float_range,
     _StatusBuilder,
 )
-from kp2d_ros.messages import keypoints_message, matches_message, to_array
+from kp2d_ros.messages import keypoints_from_record, keypoints_message, matches_from_record, to_array
+from kp2d_ros.shared_detector import SharedDetector, build_detector
 from kp2d_ros_msgs.msg import Keypoints, Matches, StereoMatches
 
 try:
@@ -98,17 +100,6 @@ class StereoFrame:
     left_info: CameraInfo
     right_info: CameraInfo
     received_ns: int
-
-
-@dataclass
-class LeftFrame:
-    """The previous processed left frame (what the next left frame is matched against)."""
-
-    stamp: Any
-    stamp_ns: int
-    points: np.ndarray  # (N, 2) float32 pixels
-    descriptors: torch.Tensor  # (N, D)
-    tracks: TrackIds
 
 
 class ExactStampPairing:
@@ -185,24 +176,6 @@ def stereo_matches_message(header: Any, right_stamp: Any, matches: Any, track_id
     return msg
 
 
-def build_detector(param: Any) -> KeypointDetector:
-    """A KeypointDetector from the detector node's model parameters (``param(name)`` gives a value)."""
-    model = param("model")
-    if not model and not default_checkpoint_path().is_file():
-        raise CheckpointError(f"no model: {default_checkpoint_path()} is not installed; pass -p model:=/path/to.ckpt")
-    if param("num_threads") > 0:
-        torch.set_num_threads(param("num_threads"))
-    width, height = param("input_width"), param("input_height")
-    if (width == 0) != (height == 0):
-        raise ValueError("input_width and input_height must both be 0 (native size) or both > 0")
-    return KeypointDetector(
-        checkpoint=model or None, device=param("device"), top_k=param("top_k"),
-        score_threshold=param("score_threshold"), nms_radius=param("nms_radius"), half=param("half"),
-        input_size=(width, height) if width else None, input_scale=None if width else param("input_scale"),
-        precision=param("precision"), backend=param("backend"), calibration=param("calibration") or None,
-    )  # fmt: skip
-
-
 class StereoNode(Node):
     """Stereo KeyPointNet node (see the module docstring). detector: an already built KeypointDetector to use
     (tests, embedding); None builds one from the parameters. detector_lock: held around each detector call
@@ -231,13 +204,19 @@ class StereoNode(Node):
             self._stereo_config.check()
         except StereoError as error:
             raise ValueError(f"stereo parameters: {error}") from None
-        self._detector = detector if detector is not None else build_detector(lambda name: p[name])
-        self._detector_lock = detector_lock if detector_lock is not None else threading.Lock()
+        detector = detector if detector is not None else build_detector(lambda name: p[name])
+        self._detector = SharedDetector(detector, detector_lock)  # left and right calls (and other nodes) take turns
+        self._pipeline_config = PipelineConfig(
+            top_k=p["top_k"], score_threshold=p["score_threshold"], nms_radius=p["nms_radius"],
+            match=MatchConfig(mutual=p["matching.mutual"], ratio=p["matching.ratio"] or None,
+                              max_distance=p["matching.max_distance"] or None, geometry=p["matching.geometry"],
+                              geometry_threshold=p["matching.geometry_threshold"]),
+        )  # fmt: skip
+        self._pipeline = FramePipeline(self._detector, self._pipeline_config)  # the left camera's tracks
         self._warned: dict[str, tuple[float, int]] = {}
         self._slot = LatestFrameSlot()
         self._stats = Statistics()
-        self._previous: LeftFrame | None = None
-        self._next_track_id = 1
+        self._next_track_id = 1 << 63  # right-only keypoints: ids from the top half, never a left track's id
         self._sequence = 0
         self._stereo_match_count: list[int] = []
 
@@ -316,14 +295,6 @@ class StereoNode(Node):
                 self._stats.count("failed")
                 self._warn(f"failure:{type(error).__name__}", f"stereo pair skipped: processing failed: {error!r}")
 
-    def _detect(self, image: ConvertedImage) -> Any:
-        with self._detector_lock:
-            detector = self._detector
-            detector.top_k, detector.score_threshold, detector.nms_radius = (
-                self._p["top_k"], self._p["score_threshold"], self._p["nms_radius"],
-            )  # fmt: skip
-            return detector(image.pixels, channel_order=image.channel_order)
-
     def _process(self, frame: StereoFrame) -> None:
         p = self._p
         left_image = image_to_array(frame.left, p["max_image_pixels"])
@@ -336,71 +307,47 @@ class StereoNode(Node):
         if baseline == 0:
             self._warn("no_baseline", "right camera_info P[3] is 0 (no baseline): StereoMatches.depth left empty")
         header = frame.left.header
-        stamp_ns = _stamp_ns(header.stamp)
-        previous = self._previous
-        if previous is not None and stamp_ns < previous.stamp_ns:
+
+        # Left camera: the frame pipeline (detect, match the previous left frame, geometry, tracks). Rectified
+        # images: the intrinsics are P's left 3x3 without distortion.
+        intrinsics = Intrinsics(np.asarray(frame.left_info.p, float).reshape(3, 4)[:, :3].copy(), np.zeros(0), "none",
+                                size)  # fmt: skip
+        record = self._pipeline.step(left_image.pixels, _stamp_ns(header.stamp),
+                                     channel_order=left_image.channel_order, intrinsics=intrinsics)  # fmt: skip
+        if record.reset:
             self._warn("stamp_backwards", "image stamp went backwards: left tracks reset")
-            previous = self._previous = None
+        right_points, right_scores, right_descriptors, right_ms = detect(
+            self._detector, right_image.pixels, right_image.channel_order, self._pipeline_config
+        )
 
-        start = time.perf_counter()
-        left, right = self._detect(left_image), self._detect(right_image)
-        inference_ms = (time.perf_counter() - start) * 1e3
-        points = left.keypoints.cpu().numpy()
-
-        # Left camera, previous frame -> this frame (as the detector node).
-        if previous is not None:
-            temporal = match_descriptors(
-                previous.descriptors, left.descriptors, mutual=p["matching.mutual"],
-                ratio=p["matching.ratio"] or None, max_distance=p["matching.max_distance"] or None,
-            )  # fmt: skip
-            previous_index, current_index = temporal.index_a.cpu().numpy(), temporal.index_b.cpu().numpy()
-            distance = temporal.distance.cpu().numpy()
-            previous_points = previous.points[previous_index]
-        else:
-            previous_index = current_index = np.zeros(0, np.int64)
-            distance, previous_points = np.zeros(0, np.float32), np.zeros((0, 2), np.float32)
-        model, inlier = None, None
-        if p["matching.geometry"] != "none":
-            model, inlier = verify_geometry(previous_points, points[current_index], model=p["matching.geometry"],
-                                            threshold=p["matching.geometry_threshold"])  # fmt: skip
-        carried = inlier if inlier is not None else slice(None)
-        tracks, self._next_track_id = carry_tracks(
-            previous.tracks if previous is not None else None, len(points), previous_index[carried],
-            current_index[carried], self._next_track_id,
-        )  # fmt: skip
-
-        # Left -> right along the rows; the right keypoints take their left partner's track.
-        right_points = right.keypoints.cpu().numpy()
+        # Left -> right along the rows; the right keypoints take their left partner's track id and length.
         grey = None
         if self._stereo_config.refine_radius > 0:
             grey = tuple(_grey(image) for image in (left_image, right_image))
-        stereo = match_stereo(points, left.descriptors, right_points, right.descriptors, self._stereo_config,
-                              fx=fx if baseline > 0 else None, baseline=baseline if baseline > 0 else None,
-                              images=grey)  # fmt: skip
+        stereo = match_stereo(record.points, record.descriptors, right_points, right_descriptors,
+                              self._stereo_config, fx=fx if baseline > 0 else None,
+                              baseline=baseline if baseline > 0 else None, images=grey)  # fmt: skip
         right_tracks, self._next_track_id = carry_tracks(
-            tracks, len(right_points), stereo.left_index, stereo.right_index, self._next_track_id
+            record.tracks, len(right_points), stereo.left_index, stereo.right_index, self._next_track_id
         )
-        right_tracks.lengths[stereo.right_index] = tracks.lengths[stereo.left_index]  # same track, same length
+        right_tracks.lengths[stereo.right_index] = record.tracks.lengths[stereo.left_index]
 
         self._sequence += 1
         publish_descriptors = p["publish_descriptors"]
-        for publisher, msg, found, image_points, ids in (
-            (self._left_pub, frame.left, left, points, tracks),
-            (self._right_pub, frame.right, right, right_points, right_tracks),
-        ):
-            descriptors = found.descriptors.cpu().numpy() if publish_descriptors else None
-            publisher.publish(keypoints_message(msg.header, self._sequence, size, image_points,
-                                                found.scores.cpu().numpy(), ids.ids, ids.lengths, None,
-                                                descriptors))  # fmt: skip
-        self._matches_pub.publish(
-            matches_message(header, previous.stamp if previous is not None else None, previous_index, current_index,
-                            distance, previous_points, points[current_index], p["matching.geometry"], inlier, model)
+        self._left_pub.publish(keypoints_from_record(header, self._sequence, record, publish_descriptors))
+        self._right_pub.publish(
+            keypoints_message(frame.right.header, self._sequence, size, right_points, right_scores, right_tracks.ids,
+                              right_tracks.lengths, None,
+                              right_descriptors.cpu().numpy() if publish_descriptors else None)
         )  # fmt: skip
-        self._stereo_pub.publish(stereo_matches_message(header, frame.right.header.stamp, stereo,
-                                                        tracks.ids[stereo.left_index], fx, baseline))  # fmt: skip
-        self._previous = LeftFrame(header.stamp, stamp_ns, points, left.descriptors, tracks)
+        self._matches_pub.publish(matches_from_record(header, record, self._pipeline_config.match.geometry))
+        shared_ids = record.tracks.ids[stereo.left_index]
+        self._stereo_pub.publish(
+            stereo_matches_message(header, frame.right.header.stamp, stereo, shared_ids, fx, baseline)
+        )
         self._stereo_match_count.append(len(stereo))
-        self._stats.add_processed((time.monotonic_ns() - frame.received_ns) / 1e6, inference_ms)
+        latency_ms = (time.monotonic_ns() - frame.received_ns) / 1e6
+        self._stats.add_processed(latency_ms, record.inference_ms + right_ms)
 
     # --- diagnostics and shutdown ------------------------------------------------------------------
 
