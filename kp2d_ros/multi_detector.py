@@ -24,25 +24,11 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
 from kp2d_model import CheckpointError, KeypointDetector
+from kp2d_ros.camera_list import parse_cameras
 from kp2d_ros.detector_node import PARAMETERS, DetectorNode
 from kp2d_ros.shared_detector import MODEL_PARAMETERS, SharedDetector, build_detector
 
-__all__ = ["main", "parse_cameras", "start_detectors"]
-
-
-def parse_cameras(text: str) -> list[str]:
-    """``"cam0 cam1"`` or ``"cam0,cam1"`` -> ``["cam0", "cam1"]``; ValueError for none, duplicates or bad names."""
-    cameras = [name.strip("/") for name in text.replace(",", " ").split()]
-    if not cameras:
-        raise ValueError("parameter 'cameras' is empty: give the camera namespaces, e.g. cameras:='cam0 cam1'")
-    if len(set(cameras)) != len(cameras):
-        raise ValueError(f"parameter 'cameras' names a camera twice: {text!r}")
-    for name in cameras:
-        if not all(part and (part[0].isalpha() or part[0] == "_") and part.replace("_", "").isalnum()
-                   for part in name.split("/")):  # fmt: skip
-            raise ValueError(f"camera {name!r} is not a valid ROS namespace (letters, digits, _; not starting "
-                             "with a digit)")  # fmt: skip
-    return cameras
+__all__ = ["main", "start_detectors"]
 
 
 def start_detectors(manager: Node) -> tuple[KeypointDetector, list[DetectorNode]]:
