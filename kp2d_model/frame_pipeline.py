@@ -27,9 +27,11 @@ compared with, for the node's warning), :attr:`FrameRecord.carried` (the pairs t
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import torch
 
@@ -47,6 +49,7 @@ __all__ = [
     "MatchConfig",
     "PipelineConfig",
     "keep_mask",
+    "read_mask",
     "vins_features",
 ]
 
@@ -147,6 +150,25 @@ class _Previous:
     descriptors: torch.Tensor  # (N, D)
     tracks: TrackIds
     normalized: np.ndarray | None  # (N, 2) float64, None without intrinsics
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """An 8-bit mask image file (PNG, ...) -> ``(H, W)`` uint8, 0 = ignore. A colour image counts a pixel as 0
+    when all its colour channels are 0 (alpha ignored). ValueError naming the file when it is missing,
+    unreadable, not 8-bit or empty."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"mask file {path!r} does not exist")
+    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f"mask file {path!r} is not an image OpenCV can read")
+    if image.dtype != np.uint8:
+        raise ValueError(f"mask file {path!r} is {image.dtype}, expected an 8-bit image (0 = ignore)")
+    if image.ndim == 3:
+        image = image[:, :, :3].max(axis=2)
+    if image.size == 0 or not image.any():
+        raise ValueError(f"mask file {path!r} is empty or all 0 (no keypoint could ever be published)")
+    return np.ascontiguousarray(image)
 
 
 # --- stages (pure functions, in the order step() runs them) ------------------------------------------------

@@ -33,20 +33,29 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud
 
 from kp2d_model import CheckpointError, KeypointDetector
 from kp2d_model.camera import Intrinsics
 from kp2d_model.checkpoint import default_checkpoint_path
 from kp2d_model.engines import BackendName, Precision
-from kp2d_model.frame_pipeline import FramePipeline, MaskSizeError, MatchConfig, PipelineConfig
+from kp2d_model.frame_pipeline import (
+    FramePipeline,
+    FrameRecord,
+    MaskSizeError,
+    MatchConfig,
+    PipelineConfig,
+    read_mask,
+    vins_features,
+)
 from kp2d_model.image import ImageFormatError
 from kp2d_ros.camera_model import CameraInfoError, check_camera_info
 from kp2d_ros.conversions import BACKEND, ConvertedImage, ImageInputError, compressed_to_array, image_to_array
 from kp2d_ros.debug_image import draw_debug_image
 from kp2d_ros.frame_loss import FrameLossMonitor
-from kp2d_ros.messages import keypoints_from_record, matches_from_record, to_array
+from kp2d_ros.messages import keypoints_from_record, matches_from_record, to_array, vins_point_cloud
 from kp2d_ros.tracks import TrackHistory
 from kp2d_ros.transport import receive_buffer_warning
 from kp2d_ros_msgs.msg import Keypoints, Matches
@@ -76,6 +85,11 @@ def _stamp_ns(stamp: Time) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
+def _settings_value(name: str, value: Any) -> Any:
+    """A parameter value as its Settings field holds it (integer arrays as tuples of int)."""
+    return tuple(int(v) for v in value) if name == "roi" else value
+
+
 @dataclass(frozen=True)
 class Settings:
     """The parameters that may change at runtime (one immutable snapshot per processed frame)."""
@@ -92,6 +106,8 @@ class Settings:
     max_image_pixels: int
     debug_image: bool
     debug_tail_length: int
+    roi: tuple[int, ...] = ()  # (x, y, w, h) pixels; (): off
+    mask: np.ndarray | None = None  # (H, W) uint8 read from the read-only ``mask`` file at start-up; None: off
 
 
 def pipeline_config_from_settings(settings: Settings) -> PipelineConfig:
@@ -104,7 +120,12 @@ def pipeline_config_from_settings(settings: Settings) -> PipelineConfig:
         geometry_threshold=settings.geometry_threshold,
     )
     return PipelineConfig(
-        top_k=settings.top_k, score_threshold=settings.score_threshold, nms_radius=settings.nms_radius, match=match
+        top_k=settings.top_k,
+        score_threshold=settings.score_threshold,
+        nms_radius=settings.nms_radius,
+        match=match,
+        mask=settings.mask,
+        roi=tuple(settings.roi) if settings.roi else None,
     )
 
 
@@ -154,6 +175,14 @@ PARAMETERS: dict[str, tuple[Any, str, dict[str, Any]]] = {
     "max_image_pixels": (4096 * 4096, "larger images are rejected with a warning", _int_range(1, 1 << 30)),
     "debug_image": (True, "publish ~/debug_image (built only while subscribed)", {}),
     "debug_tail_length": (10, "frames of track tail drawn in the debug image", _int_range(1, 100)),
+    "mask": ("", "8-bit image file of the camera's size: no keypoint where it is 0 (robot body, lens rim); empty: off",
+             {"read_only": True}),
+    # An empty default has no type in rclpy: declared as an integer array, then set to [] (see __init__).
+    "roi": (Parameter.Type.INTEGER_ARRAY, "region of interest [x, y, w, h] pixels: no keypoint outside; []: off",
+            {}),
+    "publish_vins_features": (False, "publish ~/features (sensor_msgs/PointCloud, VINS-Fusion feature_tracker layout); "
+                              "needs use_camera_info", {"read_only": True}),
+    "vins_camera_id": (0, "the camera_id channel of ~/features", {"read_only": True, **_int_range(0, 255)}),
 }  # fmt: skip
 
 # Runtime parameter -> Settings field.
@@ -170,6 +199,7 @@ RUNTIME_NAMES = {
     "max_image_pixels": "max_image_pixels",
     "debug_image": "debug_image",
     "debug_tail_length": "debug_tail_length",
+    "roi": "roi",
 }
 
 
@@ -278,8 +308,13 @@ class DetectorNode(Node):
         super().__init__("kp2d_detector", **node_kwargs)
         for name, (default, description, extra) in PARAMETERS.items():
             self.declare_parameter(name, default, ParameterDescriptor(description=description, **extra))
+            unset = self.get_parameter_or(name, None).type_ == Parameter.Type.NOT_SET  # typed, no value given
+            if default == Parameter.Type.INTEGER_ARRAY and unset:
+                self.set_parameters([Parameter(name, Parameter.Type.INTEGER_ARRAY, [])])
         self._settings = self._read_settings()
         self._check_startup_parameters()
+        if self._param("mask"):
+            self._settings = replace(self._settings, mask=read_mask(self._param("mask")))
         self._warned: dict[str, tuple[float, int]] = {}
         self._model_name = f"given {type(detector).__name__}"
         self._detector = detector if detector is not None else self._build_detector()
@@ -302,6 +337,9 @@ class DetectorNode(Node):
         self._keypoints_pub = self.create_publisher(Keypoints, "~/keypoints", output_qos)
         self._matches_pub = self.create_publisher(Matches, "~/matches", output_qos)
         self._debug_pub = self.create_publisher(Image, "~/debug_image", QoSProfile(depth=1))
+        self._features_pub = None
+        if self._param("publish_vins_features"):
+            self._features_pub = self.create_publisher(PointCloud, "~/features", output_qos)
         self._setup_diagnostics()
         self._setup_subscriptions()
         self.create_timer(FRAME_LOSS_CHECK_PERIOD_S, self._check_frame_loss)
@@ -318,6 +356,10 @@ class DetectorNode(Node):
             f"engine {getattr(self._detector, 'engine_choice', 'given')}, "
             f"image topic {self.resolve_topic_name('image')}, conversion via {BACKEND}"
         )
+        if self._settings.mask is not None:
+            height, width = self._settings.mask.shape
+            ignored = 100.0 * np.count_nonzero(self._settings.mask == 0) / self._settings.mask.size
+            self.get_logger().info(f"mask {self._param('mask')}: {width} x {height} pixels, {ignored:.1f} % ignored")
 
     # --- start-up ------------------------------------------------------------------------------------
 
@@ -332,7 +374,7 @@ class DetectorNode(Node):
         return self.get_parameter(name).value
 
     def _read_settings(self) -> Settings:
-        return Settings(**{field: self._param(name) for name, field in RUNTIME_NAMES.items()})
+        return Settings(**{field: _settings_value(name, self._param(name)) for name, field in RUNTIME_NAMES.items()})
 
     def _check_startup_parameters(self) -> None:
         problems = [self._invalid_reason(name, self._param(name)) for name in PARAMETERS]
@@ -341,6 +383,8 @@ class DetectorNode(Node):
             problems.append("input_width and input_height must both be 0 (native size) or both > 0")
         if self._param("input_width") and self._param("input_scale") != 1.0:
             problems.append("give input_width/input_height or input_scale, not both")
+        if self._param("publish_vins_features") and not self._param("use_camera_info"):
+            problems.append("publish_vins_features needs use_camera_info:=true (features are normalised coordinates)")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -351,6 +395,8 @@ class DetectorNode(Node):
         choices |= {"precision": PRECISIONS, "backend": BACKENDS}
         if name in choices and value not in choices[name]:
             return f"{name} must be one of {', '.join(choices[name])}, got {value!r}"
+        if name == "roi" and len(value) and (len(value) != 4 or min(value[:2]) < 0 or min(value[2:]) <= 0):
+            return f"roi must be [] (off) or [x, y, w, h] with x, y >= 0 and w, h > 0 pixels, got {list(value)}"
         return None
 
     def _build_detector(self) -> KeypointDetector:
@@ -477,7 +523,7 @@ class DetectorNode(Node):
             if parameter.name in RUNTIME_NAMES:
                 changes[parameter.name] = parameter.value
         if changes:
-            settings = {RUNTIME_NAMES[name]: value for name, value in changes.items()}
+            settings = {RUNTIME_NAMES[name]: _settings_value(name, value) for name, value in changes.items()}
             self._settings = replace(self._settings, **settings)  # one reference swap: the worker sees all or none
             self.get_logger().info(f"parameters changed: {', '.join(f'{n}={v!r}' for n, v in changes.items())}")
         return SetParametersResult(successful=True)
@@ -572,11 +618,23 @@ class DetectorNode(Node):
         self._sequence += 1
         self._keypoints_pub.publish(keypoints_from_record(header, self._sequence, record, settings.publish_descriptors))
         self._matches_pub.publish(matches_from_record(header, record, settings.geometry))
+        if self._features_pub is not None:
+            self._publish_vins_features(header, record)
         self._history.resize(settings.debug_tail_length)
         self._history.add(record.tracks.ids, record.points)
         if settings.debug_image and self._debug_pub.get_subscription_count() > 0:
             self._publish_debug_image(header, image, record.points, record.tracks.lengths)
         self._stats.add_processed((time.monotonic_ns() - frame.received_ns) / 1e6, record.inference_ms)
+
+    def _publish_vins_features(self, header: Any, record: FrameRecord) -> None:
+        """~/features for VINS-Fusion: the tracked keypoints (length >= 2); nothing when there are none (the first
+        frame, after a reset: VINS-Mono's feature_tracker skips its first image too) or no normalised coordinates
+        (no usable camera_info: warned about by ``_intrinsics``)."""
+        if record.normalized is None:
+            return
+        features = vins_features(record, self._param("vins_camera_id"))
+        if len(features["ids"]):
+            self._features_pub.publish(vins_point_cloud(header, features))
 
     def _publish_debug_image(self, header: Any, image: ConvertedImage, points: np.ndarray, lengths: np.ndarray) -> None:
         canvas = draw_debug_image(image.pixels, image.channel_order, points, lengths, self._history.segments())

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Point32
+from sensor_msgs.msg import ChannelFloat32, PointCloud
 
 from kp2d_model.frame_pipeline import FrameRecord
 from kp2d_ros_msgs.msg import GroundTruthHomography, Keypoints, Matches
@@ -25,7 +27,14 @@ __all__ = [
     "matches_message",
     "stamp_from_ns",
     "to_array",
+    "vins_point_cloud",
 ]
+
+# VINS-Fusion's estimator (rosNodeTest.cpp feature_callback) reads the channels by position, in this order.
+VINS_CHANNELS = ("id", "camera_id", "u", "v", "velocity_x", "velocity_y")
+# Channel values are float32: integers are exact up to 2^24. Track ids are published modulo 2^24, so an id is
+# reused only 16.7 million tracks later, long after VINS' sliding window (~10 frames) has dropped the old one.
+VINS_ID_MODULUS = 1 << 24
 
 _NUMPY_TYPES = {"f": np.float32, "d": np.float64, "I": np.uint32, "Q": np.uint64, "B": np.uint8}
 
@@ -144,6 +153,30 @@ def matches_from_record(header: Any, record: FrameRecord, geometry: str) -> Matc
         header, previous_stamp, record.previous_index, record.current_index, record.distance,
         record.previous_points, record.current_points, geometry, record.inlier, record.geometry_model,
     )  # fmt: skip
+
+
+def vins_point_cloud(header: Any, features: dict[str, np.ndarray]) -> PointCloud:
+    """VINS-Fusion's feature_tracker output from ``kp2d_model.frame_pipeline.vins_features``: points = undistorted
+    normalised ``(x, y, 1)``; channels ``id`` (track id modulo 2^24), ``camera_id``, ``u``, ``v`` (pixels),
+    ``velocity_x``, ``velocity_y`` (normalised units per second), one value per point, in that order."""
+    msg = PointCloud()
+    msg.header = header
+    points = np.asarray(features["points"], dtype=np.float32).reshape(-1, 3)
+    msg.points = [Point32(x=float(x), y=float(y), z=1.0) for x, y in points[:, :2].tolist()]
+    velocity = np.asarray(features["velocity"]).reshape(-1, 2)
+    values = (
+        np.asarray(features["ids"], dtype=np.uint64) % VINS_ID_MODULUS,
+        features["camera_id"],
+        features["u"],
+        features["v"],
+        velocity[:, 0],
+        velocity[:, 1],
+    )
+    msg.channels = [
+        ChannelFloat32(name=name, values=to_array("f", value))
+        for name, value in zip(VINS_CHANNELS, values, strict=True)
+    ]
+    return msg
 
 
 def ground_truth_message(
