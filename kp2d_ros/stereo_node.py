@@ -50,6 +50,7 @@ from kp2d_ros.detector_node import (
     LatestFrameSlot,
     Statistics,
     _float_range,
+    _int_range,
     _StatusBuilder,
 )
 from kp2d_ros.messages import keypoints_from_record, keypoints_message, matches_from_record, to_array
@@ -81,9 +82,8 @@ STEREO_PARAMETERS: dict[str, tuple[Any, str, dict[str, Any]]] = {
     "stereo.ratio": (0.0, "Lowe ratio test among the row candidates (0: off)", _float_range(0.0, 1.0)),
     "stereo.max_distance": (0.0, "maximum descriptor L2 distance (0: off)", _float_range(0.0, 2.0)),
     "stereo.refine_radius": (3, "sub-pixel disparity by patch comparison: half patch size (pixels; 0: off)",
-                             {"integer_range": PARAMETERS["nms_radius"][2]["integer_range"]}),
-    "sync_queue_size": (10, "message_filters exact-time synchroniser queue (pairs)",
-                        {"integer_range": PARAMETERS["nms_radius"][2]["integer_range"]}),
+                             _int_range(0, 16)),
+    "sync_queue_size": (10, "exact-time synchroniser queue (stamps waiting for all four messages)", _int_range(1, 100)),
 }  # fmt: skip
 
 
@@ -148,7 +148,7 @@ def stereo_geometry(left_info: CameraInfo, right_info: CameraInfo, size: tuple[i
     fx = float(right_p[0])
     if not (np.isfinite(left_p).all() and np.isfinite(right_p).all() and fx > 0 and left_p[0] > 0):
         raise StereoInputError("camera_info_p", "camera_info P has no positive finite fx (not calibrated?)")
-    if abs(left_p[0] - fx) > 1e-6 * fx or abs(left_p[5] - right_p[5]) > 1e-6 * fx or left_p[6] != right_p[6]:
+    if any(abs(left_p[i] - right_p[i]) > 1e-6 * fx for i in (0, 5, 6)):
         raise StereoInputError(
             "camera_info_rectified",
             "left and right camera_info P differ in fx, fy or cy: the pair is not rectified (use image_rect)",

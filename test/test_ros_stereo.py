@@ -207,3 +207,45 @@ def test_multi_detector_publishes_two_cameras_from_one_process_with_one_model_lo
         assert all(len(m.x) > 0 and (m.image_width, m.image_height) == (160, 120) for m in inbox.snapshot())
     # One process (this one NodeProcess) and one network: each detector node says it was given the shared one.
     assert multi.log().count("ready: model given SharedDetector") == 2, multi.log()
+
+
+def test_equal_stamp_pairing_delivers_complete_sets_and_forgets_old_ones():
+    from kp2d_ros.stereo_node import ExactStampPairing
+
+    delivered = []
+    pairing = ExactStampPairing(3, 2, lambda *messages: delivered.append([m.header.frame_id for m in messages]))
+
+    def msg(at: float, name: str) -> Image:
+        return Image(header=Header(stamp=stamp(at), frame_id=name))
+
+    pairing.add(0, msg(1.0, "a1"))
+    pairing.add(1, msg(2.0, "b2"))
+    pairing.add(0, msg(2.0, "a2"))
+    pairing.add(2, msg(2.0, "c2"))  # stamp 2 complete: delivered in topic order; stamp 1 (older) forgotten
+    pairing.add(1, msg(1.0, "b1"))
+    pairing.add(2, msg(1.0, "c1"))  # stamp 1 again from scratch: incomplete
+    for at in (3.0, 4.0, 5.0):  # queue of 2 incomplete stamps: 1.0 and 3.0 drop out
+        pairing.add(0, msg(at, f"a{at:.0f}"))
+    pairing.add(1, msg(3.0, "b3"))
+    pairing.add(2, msg(3.0, "c3"))
+    pairing.add(1, msg(5.0, "b5"))
+    pairing.add(2, msg(5.0, "c5"))
+    assert delivered == [["a2", "b2", "c2"], ["a5", "b5", "c5"]]
+
+
+def test_stereo_geometry_reads_fx_and_baseline_and_refuses_unrectified_pairs():
+    from kp2d_ros.stereo_node import StereoInputError, stereo_geometry
+
+    header = Header(stamp=stamp(1.0))
+    left, right = camera_info_message(320, 240, header), camera_info_message(320, 240, header, 0.12)
+    fx, baseline = stereo_geometry(left, right, (320, 240))
+    assert fx == 320 and baseline == pytest.approx(0.12)
+    assert stereo_geometry(left, camera_info_message(320, 240, header), (320, 240)) == (320.0, 0.0)
+    with pytest.raises(StereoInputError, match="camera_info is for 320x240 but the images are 160x120"):
+        stereo_geometry(left, right, (160, 120))
+    shifted = camera_info_message(320, 240, header, 0.12)
+    shifted.p[6] += 3.0  # cy differs: not rectified
+    with pytest.raises(StereoInputError, match="not rectified"):
+        stereo_geometry(left, shifted, (320, 240))
+    with pytest.raises(StereoInputError, match="swapped"):
+        stereo_geometry(left, camera_info_message(320, 240, header, -0.12), (320, 240))
