@@ -52,6 +52,8 @@ class SharedDetector:
         self.lock = lock if lock is not None else threading.Lock()
 
     def __getattr__(self, name: str) -> Any:  # only for attributes this handle does not have
+        if name in ("shared", "lock"):  # not set yet (e.g. copy/pickle): no recursion
+            raise AttributeError(name)
         return getattr(self.shared, name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -47,6 +47,15 @@ def ros():
     node.close()
 
 
+def wait_until_or_false(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
 def model_args(reference_dir_or_none) -> list[str]:
     return [] if DEFAULT_MODEL.is_file() else ["-p", f"model:={reference_dir_or_none / 'v4_reference.ckpt'}"]
 
@@ -166,17 +175,26 @@ def test_stereo_detector_skips_a_bad_pair_and_keeps_going(ros, tmp_path, request
             publishers["left/image"].publish(image_message(image, "bgr8", 3, header))
             publishers["right/image"].publish(image_message(right_image, "bgr8", 3, header))
 
-        send(1.0, 120, 0.1)  # right image narrower than the left
-        detector.wait_for_log("stereo pair skipped: left image is 128x96 but right is 120x96", timeout=60)
-        send(2.0, 128, -0.1)  # right P[3] > 0: left and right swapped
-        detector.wait_for_log("left and right swapped?", timeout=60)
-        for second in range(3, 20):  # best effort: send until one arrives
-            send(float(second), 128, 0.1)
-            if stereo.snapshot():
-                break
-            time.sleep(1.0)
+        clock = iter(range(1, 1000))
+
+        def send_until(done, right_width: int, right_baseline: float, what: str) -> float:
+            """Best effort: send pairs (new stamps) until ``done()``; the stamp of the last pair sent."""
+            for _ in range(30):
+                at = float(next(clock))
+                send(at, right_width, right_baseline)
+                if wait_until_or_false(done, 1.0):
+                    return at
+            raise AssertionError(f"no {what} after 30 pairs:\n{detector.log()[-3000:]}")
+
+        def logged(text: str):
+            return lambda: text in detector.log()
+
+        send_until(logged("stereo pair skipped: left image is 128x96 but right is 120x96"), 120, 0.1, "size warning")
+        swapped_at = send_until(logged("left and right swapped?"), 128, -0.1, "swapped warning")
+        first_good = send_until(lambda: stereo.snapshot(), 128, 0.1, "stereo matches")
         msg = stereo.wait_for(lambda m: True, 30.0, "stereo matches after bad pairs")
-        assert msg.header.stamp.sec >= 3 and detector.process.poll() is None
+        assert swapped_at < msg.header.stamp.sec <= first_good and detector.process.poll() is None
+        assert len(msg.disparity) > 0 and msg.baseline == pytest.approx(0.1)
     finally:
         detector.stop()
 
