@@ -28,6 +28,8 @@ ROS_EXECUTABLES = [
     "track_bench = kp2d_ros.track_bench:main",
     "demo = kp2d_ros.demo:main",
     "extract = kp2d_ros.extract:main",
+    "stereo_detector = kp2d_ros.stereo_node:main",
+    "multi_detector = kp2d_ros.multi_detector:main",
 ]
 # colcon (ament_python) runs `setup.py install` or `setup.py develop`, and every console script lands in
 # lib/kp2d_ros: there only the ROS executables, so `ros2 pkg executables kp2d_ros` lists each tool once. pip

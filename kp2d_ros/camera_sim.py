@@ -7,12 +7,19 @@ published on ``image_raw`` (as camera drivers do) with ``camera_info`` and ``gro
 matches can be scored.
 Folder / video mode (``source:=`` a directory of images or a video file): the frames as they are, no
 ground truth. Publishes at ``rate`` Hz, stamps from the node clock; stops after ``num_frames`` (0: never).
+
+Stereo (photo mode, ``stereo:=true``): a rectified pair with ``baseline`` metres between the cameras, looking
+at the photo on a fronto-parallel plane ``depth`` metres away; the right view is the left view moved left by
+the disparity ``d = fx * baseline / depth`` pixels. Publishes ``left/image_raw``, ``left/camera_info``,
+``left/ground_truth`` and the same under ``right/``, with identical stamps; both camera_infos are the ideal
+pinhole, the right one with ``P[3] = -fx * baseline`` (the ROS convention for the right camera of a pair).
 """
 
 from __future__ import annotations
 
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -151,16 +158,39 @@ def image_message(pixels: np.ndarray, encoding: str, bytes_per_pixel: int, heade
     return msg
 
 
-def camera_info_message(width: int, height: int, header: Any) -> CameraInfo:
-    """An ideal pinhole CameraInfo (fx = fy = width, ~53 deg horizontal field of view, no distortion)."""
+def camera_info_message(width: int, height: int, header: Any, baseline: float = 0.0) -> CameraInfo:
+    """An ideal pinhole CameraInfo (fx = fy = width, ~53 deg horizontal field of view, no distortion).
+
+    baseline: metres from the left camera of a rectified pair to this one (0: mono or left camera); the
+    projection matrix gets ``P[3] = -fx * baseline`` as ROS stereo drivers publish for the right camera."""
     focal = float(width)
     cx, cy = 0.5 * (width - 1), 0.5 * (height - 1)
     info = CameraInfo(header=header, width=width, height=height, distortion_model="plumb_bob")
     info.d = to_array("d", np.zeros(5))
     info.k = np.array([focal, 0, cx, 0, focal, cy, 0, 0, 1], float)
     info.r = np.eye(3).reshape(9)
-    info.p = np.array([focal, 0, cx, 0, 0, focal, cy, 0, 0, 0, 1, 0], float)
+    info.p = np.array([focal, 0, cx, -focal * baseline, 0, focal, cy, 0, 0, 0, 1, 0], float)
     return info
+
+
+def stereo_disparity(width: int, baseline: float, depth: float) -> float:
+    """Disparity in pixels of the fronto-parallel photo plane: ``fx * baseline / depth`` with fx = width."""
+    return float(width) * baseline / depth
+
+
+@dataclass(frozen=True)
+class View:
+    """One published camera: topic prefix ("" mono, "left/", "right/"), horizontal image shift (pixels, the
+    right view moves left by the disparity), baseline for its camera_info and header frame_id."""
+
+    prefix: str
+    shift: float
+    baseline: float
+    frame_id: str
+
+    def photo_to_view(self, homography: np.ndarray) -> np.ndarray:
+        """The (3, 3) photo -> this view homography given the photo -> left (or mono) frame one."""
+        return np.array([[1, 0, -self.shift], [0, 1, 0], [0, 0, 1]], float) @ homography
 
 
 class CameraSimNode(Node):
@@ -181,6 +211,9 @@ class CameraSimNode(Node):
             "image_qos": ("sensor_data", "sensor_data (BEST_EFFORT, depth 1) or reliable (depth 10)"),
             "publish_compressed": (False, "also publish image_raw/compressed (JPEG)"),
             "wait_for_subscribers": (0, "publish only once image_raw has at least this many subscribers"),
+            "stereo": (False, "photo mode: publish a rectified pair under left/ and right/"),
+            "baseline": (0.12, "stereo: distance between the cameras (metres)"),
+            "depth": (3.0, "stereo: distance of the photo plane from the cameras (metres)"),
         }
         for name, (default, description) in params.items():
             self.declare_parameter(name, default, ParameterDescriptor(description=description, read_only=True))
@@ -189,6 +222,8 @@ class CameraSimNode(Node):
             raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, got {p['encoding']!r}")
         if p["rate"] <= 0 or p["width"] <= 0 or p["height"] <= 0 or p["num_frames"] < 0:
             raise ValueError("rate, width and height must be > 0 and num_frames >= 0")
+        if p["stereo"] and not (p["baseline"] > 0 and p["depth"] > 0):
+            raise ValueError(f"stereo needs baseline > 0 and depth > 0, got {p['baseline']} and {p['depth']}")
         self.p = p
         source = Path(p["source"]) if p["source"] else default_photo()
         if not source.exists():
@@ -198,8 +233,19 @@ class CameraSimNode(Node):
         if source.is_file() and source.suffix.lower() in IMAGE_EXTENSIONS:
             self.camera = PhotoCamera(_read_image(source), (p["width"], p["height"]), p["speed"])
         else:
+            if p["stereo"]:
+                raise ValueError(f"stereo needs photo mode (a single image as source), got {source}")
             self.frames = FrameSource(source, p["loop"])
         self.source = source
+        if p["stereo"]:
+            self.disparity = stereo_disparity(p["width"], p["baseline"], p["depth"])
+            self.views = [
+                View("left/", 0.0, 0.0, f"{p['frame_id']}_left"),
+                View("right/", self.disparity, p["baseline"], f"{p['frame_id']}_right"),
+            ]
+        else:
+            self.disparity = 0.0
+            self.views = [View("", 0.0, 0.0, p["frame_id"])]
 
         reliable = p["image_qos"] == "reliable"
         image_qos = QoSProfile(
@@ -207,16 +253,24 @@ class CameraSimNode(Node):
             reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
             history=HistoryPolicy.KEEP_LAST,
         )
-        self.image_pub = self.create_publisher(Image, "image_raw", image_qos)
-        self.compressed_pub = (
-            self.create_publisher(CompressedImage, "image_raw/compressed", image_qos)
-            if p["publish_compressed"]
-            else None
-        )
-        self.info_pub = self.create_publisher(CameraInfo, "camera_info", image_qos)
         # Transient local: a scorer that joins late still gets the recent ground truth.
         truth_qos = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.truth_pub = self.create_publisher(GroundTruthHomography, "ground_truth", truth_qos)
+        self.publishers_by_view = []
+        for view in self.views:
+            compressed = (
+                self.create_publisher(CompressedImage, f"{view.prefix}image_raw/compressed", image_qos)
+                if p["publish_compressed"]
+                else None
+            )
+            self.publishers_by_view.append(
+                (
+                    self.create_publisher(Image, f"{view.prefix}image_raw", image_qos),
+                    compressed,
+                    self.create_publisher(CameraInfo, f"{view.prefix}camera_info", image_qos),
+                    self.create_publisher(GroundTruthHomography, f"{view.prefix}ground_truth", truth_qos),
+                )
+            )
+        self.image_pub = self.publishers_by_view[0][0]  # mono: image_raw; stereo: left/image_raw
         self.count = 0
         self.previous_homography: np.ndarray | None = None
         self.previous_stamp = None
@@ -224,13 +278,14 @@ class CameraSimNode(Node):
         self.timer = self.create_timer(1.0 / p["rate"], self._tick)
         self.get_logger().info(
             f"publishing {'photo ' if self.camera else 'frames of '}{source} at {p['rate']} Hz "
-            f"on {self.resolve_topic_name('image_raw')}"
+            f"on {self.resolve_topic_name(self.views[0].prefix + 'image_raw')}"
+            + (f" (stereo, disparity {self.disparity:.3f} px)" if p["stereo"] else "")
         )
 
     def _tick(self) -> None:
         if self.finished:
             return
-        if self.image_pub.get_subscription_count() < self.p["wait_for_subscribers"]:
+        if min(pubs[0].get_subscription_count() for pubs in self.publishers_by_view) < self.p["wait_for_subscribers"]:
             return
         if self.p["num_frames"] and self.count >= self.p["num_frames"]:
             self._finish(f"published {self.count} frames")
@@ -244,30 +299,43 @@ class CameraSimNode(Node):
             if frame is None:
                 self._finish(f"end of {self.source} after {self.count} frames")
                 return
-        header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.p["frame_id"])
+        stamp = self.get_clock().now().to_msg()
+        for view, publishers in zip(self.views, self.publishers_by_view, strict=True):
+            view_frame = frame
+            view_homography = None
+            if homography is not None:
+                view_homography = view.photo_to_view(homography)
+                view_frame = self.camera.render(view_homography) if view.shift else frame
+            self._publish_view(view, publishers, Header(stamp=stamp, frame_id=view.frame_id), view_frame,
+                               view_homography)  # fmt: skip
+        self.previous_homography, self.previous_stamp = homography, stamp
+        self.count += 1
+
+    def _publish_view(
+        self, view: View, publishers: tuple, header: Header, frame: np.ndarray, homography: np.ndarray | None
+    ) -> None:
+        image_pub, compressed_pub, info_pub, truth_pub = publishers
         pixels, bytes_per_pixel = encode(frame, self.p["encoding"])
         if homography is not None:
             previous_to_current = (
-                homography @ np.linalg.inv(self.previous_homography)
+                homography @ np.linalg.inv(view.photo_to_view(self.previous_homography))
                 if self.previous_homography is not None
                 else np.eye(3)
             )
-            self.truth_pub.publish(
+            truth_pub.publish(
                 ground_truth_message(
                     header, self.previous_stamp, previous_to_current / previous_to_current[2, 2], homography,
                     str(self.source),
                 )
             )  # fmt: skip
-        self.info_pub.publish(camera_info_message(frame.shape[1], frame.shape[0], header))
-        self.image_pub.publish(image_message(pixels, self.p["encoding"], bytes_per_pixel, header))
-        if self.compressed_pub is not None:
+        info_pub.publish(camera_info_message(frame.shape[1], frame.shape[0], header, view.baseline))
+        image_pub.publish(image_message(pixels, self.p["encoding"], bytes_per_pixel, header))
+        if compressed_pub is not None:
             ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
             if ok:
                 msg = CompressedImage(header=header, format="jpeg")
                 msg.data = to_array("B", jpeg)
-                self.compressed_pub.publish(msg)
-        self.previous_homography, self.previous_stamp = homography, header.stamp
-        self.count += 1
+                compressed_pub.publish(msg)
 
     def _finish(self, reason: str) -> None:
         self.finished = True

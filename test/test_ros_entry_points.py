@@ -14,7 +14,9 @@ pytestmark = pytest.mark.integration
 require_ros()
 
 
-@pytest.mark.parametrize("name", ["detector", "camera_sim", "train", "evaluate", "track_bench"])
+@pytest.mark.parametrize(
+    "name", ["detector", "camera_sim", "train", "evaluate", "track_bench", "stereo_detector", "multi_detector"]
+)
 def test_executable_is_installed_for_ros2_run_with_the_venv_python(name):
     path = INSTALL_BIN / name
     assert path.is_file(), f"{path} missing (colcon build of kp2d_ros)"
@@ -27,7 +29,8 @@ def test_executable_is_installed_for_ros2_run_with_the_venv_python(name):
 def test_ros2_run_sees_each_tool_once():
     """lib/kp2d_ros holds the ROS executables only (the kp2d-* commands are pip's, in the environment's bin/)."""
     names = sorted(path.name for path in INSTALL_BIN.iterdir())
-    assert names == ["camera_sim", "demo", "detector", "evaluate", "extract", "track_bench", "train"], names
+    expected = ["camera_sim", "demo", "detector", "evaluate", "extract", "multi_detector", "stereo_detector"]
+    assert names == [*expected, "track_bench", "train"], names
 
 
 @pytest.mark.parametrize(("name", "usage"), [("train", "usage:"), ("evaluate", "usage:"), ("track_bench", "usage:")])
