@@ -25,13 +25,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-import rclpy
 import torch
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -63,6 +60,7 @@ from kp2d_ros.conversions import BACKEND, ConvertedImage, ImageInputError, compr
 from kp2d_ros.debug_image import draw_debug_image
 from kp2d_ros.frame_loss import FrameLossMonitor
 from kp2d_ros.messages import keypoints_from_record, matches_from_record, to_array, vins_point_cloud
+from kp2d_ros.node_main import run_node
 from kp2d_ros.tracks import TrackHistory
 from kp2d_ros.transport import receive_buffer_warning
 from kp2d_ros_msgs.msg import Keypoints, Matches
@@ -788,9 +786,15 @@ def parameter_problems(values: dict[str, Any]) -> list[str]:
 
 
 def build_detector(values: dict[str, Any]) -> KeypointDetector:
-    """The node's KeypointDetector for a full set of its parameter values (model, device, precision, input size...).
+    """The node's KeypointDetector for its model parameter values (``MODEL_PARAMETERS``: model, device, precision,
+    input size...; top_k, thresholds and masks are passed per frame by the frame pipeline).
 
-    Raises CheckpointError (no or missing model) / ValueError (bad combination). The bag extractor uses it too."""
+    Raises CheckpointError (no or missing model) / ValueError (bad combination). The bag extractor, the stereo node
+    and multi_detector use it too."""
+    if (values["input_width"] == 0) != (values["input_height"] == 0) or (
+        values["input_width"] and values["input_scale"] != 1.0
+    ):
+        raise ValueError("give input_width and input_height (both > 0) or input_scale, not both")
     model = values["model"]
     if not model and not default_checkpoint_path().is_file():
         raise CheckpointError(
@@ -805,9 +809,6 @@ def build_detector(values: dict[str, Any]) -> KeypointDetector:
     return KeypointDetector(
         checkpoint=model or None,
         device=values["device"],
-        top_k=values["top_k"],
-        score_threshold=values["score_threshold"],
-        nms_radius=values["nms_radius"],
         half=values["half"],
         input_size=(width, height) if width and height else None,
         input_scale=None if width and height else values["input_scale"],  # default 1.0: one or the other
@@ -819,22 +820,7 @@ def build_detector(values: dict[str, Any]) -> KeypointDetector:
 
 def main(args: list[str] | None = None) -> int:
     """``ros2 run kp2d_ros detector [--ros-args ...]``."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = DetectorNode()
-        rclpy.spin(node)
-    except (CheckpointError, ValueError, ParameterException) as error:
-        # A configuration problem (no model, invalid parameter): say which and how to fix it, exit 2.
-        rclpy.logging.get_logger("kp2d_detector").fatal(f"cannot start: {error}")
-        return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(DetectorNode, "kp2d_detector", args)
 
 
 if __name__ == "__main__":

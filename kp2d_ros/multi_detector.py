@@ -25,8 +25,8 @@ from rclpy.node import Node
 
 from kp2d_model import CheckpointError, KeypointDetector
 from kp2d_ros.camera_list import parse_cameras
-from kp2d_ros.detector_node import PARAMETERS, DetectorNode
-from kp2d_ros.shared_detector import MODEL_PARAMETERS, SharedDetector, build_detector
+from kp2d_ros.detector_node import PARAMETERS, DetectorNode, build_detector
+from kp2d_ros.shared_detector import MODEL_PARAMETERS, SharedDetector
 
 __all__ = ["main", "start_detectors"]
 
@@ -34,7 +34,7 @@ __all__ = ["main", "start_detectors"]
 def start_detectors(manager: Node) -> tuple[KeypointDetector, list[DetectorNode]]:
     """The shared detector and one DetectorNode per camera of ``manager``'s ``cameras`` parameter."""
     cameras = parse_cameras(manager.get_parameter("cameras").value)
-    detector = build_detector(lambda name: manager.get_parameter(name).value)
+    detector = build_detector({name: manager.get_parameter(name).value for name in MODEL_PARAMETERS})
     lock = threading.Lock()
     base = manager.get_namespace().rstrip("/")
     nodes: list[DetectorNode] = []

@@ -27,16 +27,13 @@ from typing import Any
 
 import cv2
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 
-from kp2d_model import CheckpointError, KeypointDetector
+from kp2d_model import KeypointDetector
 from kp2d_model.camera import Intrinsics
 from kp2d_model.frame_pipeline import FramePipeline, MatchConfig, PipelineConfig, detect
 from kp2d_model.image import ImageFormatError
@@ -52,9 +49,11 @@ from kp2d_ros.detector_node import (
     _float_range,
     _int_range,
     _StatusBuilder,
+    build_detector,
 )
 from kp2d_ros.messages import keypoints_from_record, keypoints_message, matches_from_record, to_array
-from kp2d_ros.shared_detector import SharedDetector, build_detector
+from kp2d_ros.node_main import run_node
+from kp2d_ros.shared_detector import SharedDetector
 from kp2d_ros_msgs.msg import Keypoints, Matches, StereoMatches
 
 try:
@@ -204,7 +203,7 @@ class StereoNode(Node):
             self._stereo_config.check()
         except StereoError as error:
             raise ValueError(f"stereo parameters: {error}") from None
-        detector = detector if detector is not None else build_detector(lambda name: p[name])
+        detector = detector if detector is not None else build_detector(p)
         self._detector = SharedDetector(detector, detector_lock)  # left and right calls (and other nodes) take turns
         self._pipeline_config = PipelineConfig(
             top_k=p["top_k"], score_threshold=p["score_threshold"], nms_radius=p["nms_radius"],
@@ -396,21 +395,7 @@ def _grey(image: ConvertedImage) -> np.ndarray:
 
 def main(args: list[str] | None = None) -> int:
     """``ros2 run kp2d_ros stereo_detector [--ros-args ...]``."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = StereoNode()
-        rclpy.spin(node)
-    except (CheckpointError, ValueError, ParameterException) as error:
-        rclpy.logging.get_logger("kp2d_stereo").fatal(f"cannot start: {error}")
-        return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(StereoNode, "kp2d_stereo", args)
 
 
 if __name__ == "__main__":
