@@ -109,10 +109,18 @@ def test_stereo_detector_disparities_match_camera_sim_and_ids_are_shared(ros, tm
     try:
         log = detector.wait_for_log("ready:", timeout=120)
         assert ("message_filters.TimeSynchronizer" in log) == MESSAGE_FILTERS, log
+        # The outputs are volatile: see the node's four publishers before the first pair is sent.
+        for topic in ("stereo_matches", "left/keypoints", "right/keypoints", "left/matches"):
+            ros.wait_for_publishers(f"{node}/{topic}", timeout=60)
         sim = NodeProcess("camera_sim", ["-r", f"__ns:={namespace}", "-p", "num_frames:=6", "-p", "rate:=2.0",
                                          "-p", "wait_for_subscribers:=1", *SIM], tmp_path)  # fmt: skip
         stereo.wait_count(4, 90.0, "stereo matches")
-        wait_until(lambda: len(right.snapshot()) >= 4 and len(temporal.snapshot()) >= 4, 30.0, "keypoints/matches")
+
+        def stamps(inbox):
+            return {(m.header.stamp.sec, m.header.stamp.nanosec) for m in inbox.snapshot()}
+
+        wait_until(lambda: len(stamps(stereo) & stamps(left) & stamps(right)) >= 3 and len(temporal.snapshot()) >= 4,
+                   30.0, "stereo matches with both keypoint messages, temporal matches")  # fmt: skip
     finally:
         if sim is not None:
             sim.stop()
