@@ -112,13 +112,14 @@ def match_descriptors(
     return Matches(index_a.clone(), index_b.clone(), distance.clone())
 
 
-def _as_points(points: Any, name: str) -> np.ndarray:
+def _as_points(points: Any, name: str, error: type[ValueError] = MatchingError) -> np.ndarray:
+    """``(N, 2)`` finite pixel coordinates (torch or NumPy) as float64 NumPy; ``error`` naming ``name`` otherwise."""
     array = points.detach().cpu().numpy() if isinstance(points, torch.Tensor) else np.asarray(points)
     if array.ndim != 2 or array.shape[1] != 2:
-        raise MatchingError(f"{name}: expected shape (N, 2) pixel coordinates, got {tuple(array.shape)}")
+        raise error(f"{name}: expected shape (N, 2) pixel coordinates, got {tuple(array.shape)}")
     array = array.astype(np.float64)
     if not np.isfinite(array).all():
-        raise MatchingError(f"{name}: contains NaN or infinite coordinates")
+        raise error(f"{name}: contains NaN or infinite coordinates")
     return array
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kp2d_model.matching import match_descriptors
+from kp2d_model.matching import _as_points, match_descriptors
 
 __all__ = ["StereoConfig", "StereoError", "StereoMatches", "depth_from_disparity", "epipolar_candidates",
            "match_stereo", "refine_disparity"]  # fmt: skip
@@ -86,13 +86,7 @@ class StereoMatches:
 
 
 def _points(points: Any, name: str) -> np.ndarray:
-    array = points.detach().cpu().numpy() if isinstance(points, torch.Tensor) else np.asarray(points)
-    if array.ndim != 2 or array.shape[1] != 2:
-        raise StereoError(f"{name}: expected shape (N, 2) pixel coordinates, got {tuple(array.shape)}")
-    array = array.astype(np.float64)
-    if not np.isfinite(array).all():
-        raise StereoError(f"{name}: contains NaN or infinite coordinates")
-    return array
+    return _as_points(points, name, StereoError)
 
 
 def epipolar_candidates(left_points: Any, right_points: Any, config: StereoConfig = StereoConfig()) -> np.ndarray:
