@@ -148,9 +148,7 @@ class FrameRecord:
     @property
     def carried(self) -> tuple[np.ndarray, np.ndarray]:
         """``(previous_index, current_index)`` of the pairs that carried a track (the inliers when checked)."""
-        if self.inlier is None:
-            return self.previous_index, self.current_index
-        return self.previous_index[self.inlier], self.current_index[self.inlier]
+        return carried_pairs(self.previous_index, self.current_index, self.inlier)
 
 
 @dataclass
@@ -225,17 +223,24 @@ def detect(
     return detections.keypoints.cpu().numpy(), detections.scores.cpu().numpy(), detections.descriptors, inference_ms
 
 
-def predict_previous(
-    previous: _Previous | None, rotation: np.ndarray | None, intrinsics: Intrinsics | None
-) -> np.ndarray | None:
-    """The previous frame's points moved by the camera rotation ``R_cur_prev`` -> ``(P, 2)`` float64 px, or None
-    (no previous frame, no rotation or no intrinsics)."""
-    if previous is None or rotation is None or intrinsics is None:
+def previous_normalized(previous: _Previous | None, intrinsics: Intrinsics | None) -> np.ndarray | None:
+    """The previous frame's undistorted normalised points ``(P, 2)`` float64, or None (no previous frame or no
+    intrinsics): kept from its own step, or computed now when the intrinsics arrived with this frame."""
+    if previous is None or intrinsics is None:
         return None
-    normalized = previous.normalized
-    if normalized is None:  # intrinsics arrived with this frame
-        normalized = normalized_coordinates(previous.points, intrinsics)
-    return predict_points(normalized, rotation, intrinsics)
+    if previous.normalized is not None:
+        return previous.normalized
+    return normalized_coordinates(previous.points, intrinsics)
+
+
+def predict_previous(
+    previous_normalized: np.ndarray | None, rotation: np.ndarray | None, intrinsics: Intrinsics | None
+) -> np.ndarray | None:
+    """The previous frame's points (normalised) moved by the camera rotation ``R_cur_prev`` -> ``(P, 2)`` float64
+    px, or None (no previous frame, no rotation or no intrinsics)."""
+    if previous_normalized is None or rotation is None or intrinsics is None:
+        return None
+    return predict_points(previous_normalized, rotation, intrinsics)
 
 
 def match_previous(
@@ -272,6 +277,15 @@ def verify(
     if config.geometry == "none":
         return None, None
     return verify_geometry(previous_points, current_points, model=config.geometry, threshold=config.geometry_threshold)
+
+
+def carried_pairs(
+    previous_index: np.ndarray, current_index: np.ndarray, inlier: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The matches that carry a track: all of them, or the geometry inliers when ``inlier`` ``(M,)`` is given."""
+    if inlier is None:
+        return previous_index, current_index
+    return previous_index[inlier], current_index[inlier]
 
 
 def track_velocity(
@@ -352,12 +366,13 @@ class FramePipeline:
         if rotation is not None:
             rotation = check_rotation(rotation)  # before detecting: a bad rotation leaves the state unchanged
         points, scores, descriptors, inference_ms = detect(self.detector, image, channel_order, config)
-        predicted = predict_previous(previous, rotation, intrinsics)
+        previous_normalized_points = previous_normalized(previous, intrinsics)
+        predicted = predict_previous(previous_normalized_points, rotation, intrinsics)
         previous_index, current_index, distance = match_previous(previous, descriptors, config.match, predicted, points)
         previous_points = previous.points[previous_index] if previous is not None else np.zeros((0, 2), np.float32)
         current_points = points[current_index]
         model, inlier = verify(previous_points, current_points, config.match)
-        carried = (previous_index, current_index) if inlier is None else (previous_index[inlier], current_index[inlier])
+        carried = carried_pairs(previous_index, current_index, inlier)
         tracks, self._next_track_id = carry_tracks(
             previous.tracks if previous is not None else None, len(points), *carried, self._next_track_id
         )
@@ -366,11 +381,8 @@ class FramePipeline:
         if intrinsics is not None:
             normalized = normalized_coordinates(points, intrinsics)
             if previous is not None:
-                previous_normalized = previous.normalized
-                if previous_normalized is None:  # intrinsics arrived with this frame
-                    previous_normalized = normalized_coordinates(previous.points, intrinsics)
                 dt_s = (stamp_ns - previous.stamp_ns) / 1e9
-                velocity = track_velocity(normalized, previous_normalized, carried, dt_s)
+                velocity = track_velocity(normalized, previous_normalized_points, carried, dt_s)
 
         self._previous = _Previous(stamp_ns, points, descriptors, tracks, normalized)
         return FrameRecord(
