@@ -38,6 +38,7 @@ __all__ = [
     "compressed_image_size",
     "compressed_to_array",
     "image_to_array",
+    "message_to_array",
 ]
 
 # (W, H) of an image -> pixels the consumer will process (e.g. KeypointDetector.network_pixels: after scaling
@@ -177,6 +178,19 @@ def compressed_image_size(data: bytes | bytearray | memoryview) -> tuple[int, in
             "compressed", f"could not decode compressed image: no readable size in its header ({error})"
         ) from None
     return int(width), int(height)
+
+
+def message_to_array(msg: Any, max_pixels: int, detector: Any = None) -> ConvertedImage:
+    """A ``sensor_msgs/Image`` or ``CompressedImage`` (it has ``format``, an Image has not) -> ConvertedImage.
+
+    ``max_pixels`` bounds both the image's pixels and the pixels ``detector`` will process (its
+    ``network_pixels``: after input_scale and padding to the stride; a detector without it, or None, counts the
+    image's own), checked from the message / compressed header before any pixel memory is allocated.
+    """
+    pixel_count = getattr(detector, "network_pixels", None)
+    if hasattr(msg, "format"):
+        return compressed_to_array(msg, max_pixels, pixel_count)
+    return image_to_array(msg, max_pixels, pixel_count)
 
 
 def compressed_to_array(

@@ -27,6 +27,7 @@ from sensor_msgs.msg import Image
 
 from kp2d_model.checkpoint import default_checkpoint_path
 from kp2d_ros.conversions import image_to_array
+from kp2d_ros.messages import stamp_ns
 from kp2d_ros_msgs.msg import GroundTruthHomography, Keypoints, Matches
 
 FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "kp2d_reference" / "v4_reference.ckpt"
@@ -50,10 +51,6 @@ def _choose_model(model: str | None) -> str:
         print(f"demo: no default model bundled yet; using the random-weight fixture {FIXTURE} (noisy matches)")
         return str(FIXTURE)
     raise SystemExit("demo: no default model bundled yet; pass one with --model /path/to/model.ckpt")
-
-
-def _stamp_ns(stamp) -> int:
-    return stamp.sec * 1_000_000_000 + stamp.nanosec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,13 +85,13 @@ def main(argv: list[str] | None = None) -> int:
             saved.append(path)
 
     def on_keypoints(msg: Keypoints) -> None:
-        keypoints[_stamp_ns(msg.header.stamp)] = msg
-        arrival_ns[_stamp_ns(msg.header.stamp)] = time.time_ns()
+        keypoints[stamp_ns(msg.header.stamp)] = msg
+        arrival_ns[stamp_ns(msg.header.stamp)] = time.time_ns()
 
     node.create_subscription(Keypoints, "kp2d_detector/keypoints", on_keypoints, 10)
     node.create_subscription(Matches, "kp2d_detector/matches", matches.append, 10)
     node.create_subscription(GroundTruthHomography, "ground_truth", lambda m: truths.__setitem__(
-        _stamp_ns(m.header.stamp), m), QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL))  # fmt: skip
+        stamp_ns(m.header.stamp), m), QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL))  # fmt: skip
     node.create_subscription(Image, "kp2d_detector/debug_image", on_debug, 1)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
@@ -136,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{header} {'tracks: mean/max length':>23} {'latency':>9}")
     shares = []
     for index, m in enumerate(matches):
-        now, before = truths.get(_stamp_ns(m.header.stamp)), truths.get(_stamp_ns(m.previous_stamp))
-        n_keypoints = len(keypoints[_stamp_ns(m.header.stamp)].x) if _stamp_ns(m.header.stamp) in keypoints else 0
+        now, before = truths.get(stamp_ns(m.header.stamp)), truths.get(stamp_ns(m.previous_stamp))
+        n_keypoints = len(keypoints[stamp_ns(m.header.stamp)].x) if stamp_ns(m.header.stamp) in keypoints else 0
         share = motion = ""
         if now is not None and before is not None and m.num_inliers:
             homography = np.reshape(now.reference_to_current, (3, 3)) @ np.linalg.inv(
@@ -150,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             shares.append(float(np.mean(error[inlier] < 3.0)))
             share = f"{shares[-1]:.0%}"
             motion = f"{np.median(np.linalg.norm(projected.reshape(-1, 2) - previous, axis=1)):.1f} px"
-        stamp = _stamp_ns(m.header.stamp)
+        stamp = stamp_ns(m.header.stamp)
         tracks = latency = ""
         if stamp in keypoints and n_keypoints:
             lengths = np.frombuffer(keypoints[stamp].track_length, np.uint32)

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
@@ -56,10 +55,10 @@ from kp2d_model.motion_prediction import (
     rotation_from_quaternion,
 )
 from kp2d_ros.camera_model import CameraInfoError, check_camera_info
-from kp2d_ros.conversions import BACKEND, ConvertedImage, ImageInputError, compressed_to_array, image_to_array
+from kp2d_ros.conversions import BACKEND, ConvertedImage, ImageInputError, message_to_array
 from kp2d_ros.debug_image import draw_debug_image
 from kp2d_ros.frame_loss import FrameLossMonitor
-from kp2d_ros.messages import keypoints_from_record, matches_from_record, to_array, vins_point_cloud
+from kp2d_ros.messages import keypoints_from_record, matches_from_record, stamp_ns, to_array, vins_point_cloud
 from kp2d_ros.node_main import run_node
 from kp2d_ros.tracks import TrackHistory
 from kp2d_ros.transport import receive_buffer_warning
@@ -92,10 +91,6 @@ BACKENDS = tuple(b.value for b in BackendName)
 WARN_PERIOD_S = 5.0
 FRAME_LOSS_CHECK_PERIOD_S = 1.0
 FRAME_LOSS_DOCS = "docs/ros.md, 'Large images over Fast DDS'"
-
-
-def _stamp_ns(stamp: Time) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 def _settings_value(name: str, value: Any) -> Any:
@@ -323,6 +318,25 @@ class _StatusBuilder:
         self.status.values.append(KeyValue(key=key, value=str(value)))
 
 
+class ThrottledWarnings:
+    """Log a warning at most every ``period_s`` seconds per kind, with the number of suppressed repeats."""
+
+    def __init__(self, logger: Any, period_s: float = WARN_PERIOD_S):
+        self._logger = logger
+        self._period_s = period_s
+        self._last: dict[str, tuple[float, int]] = {}  # kind -> (time of the last warning logged, suppressed since)
+
+    def warn(self, kind: str, message: str) -> None:
+        now = time.monotonic()
+        last, suppressed = self._last.get(kind, (-1e9, 0))
+        if now - last < self._period_s:
+            self._last[kind] = (last, suppressed + 1)
+            return
+        repeats = f" ({suppressed} similar suppressed)" if suppressed else ""
+        self._logger.warning(message + repeats)
+        self._last[kind] = (now, 0)
+
+
 class DetectorNode(Node):
     """KeyPointNet detector node (see the module docstring).
 
@@ -338,7 +352,7 @@ class DetectorNode(Node):
         self._check_startup_parameters()
         if self._param("mask"):
             self._settings = replace(self._settings, mask=read_mask(self._param("mask")))
-        self._warned: dict[str, tuple[float, int]] = {}
+        self._warn = ThrottledWarnings(self.get_logger()).warn  # (kind, message): bad frames must not flood the log
         self._model_name = f"given {type(detector).__name__}"
         self._detector = detector if detector is not None else self._build_detector()
         self._device = self._detector.device
@@ -473,11 +487,11 @@ class DetectorNode(Node):
 
     def _note_image(self, msg: Image | CompressedImage) -> None:
         with self._frame_loss_lock:
-            self._frame_loss.image(_stamp_ns(msg.header.stamp), time.monotonic())
+            self._frame_loss.image(stamp_ns(msg.header.stamp), time.monotonic())
 
     def _note_camera_info(self, msg: CameraInfo) -> None:
         with self._frame_loss_lock:
-            self._frame_loss.camera_info(_stamp_ns(msg.header.stamp), time.monotonic())
+            self._frame_loss.camera_info(stamp_ns(msg.header.stamp), time.monotonic())
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
         self._note_image(msg)
@@ -557,25 +571,6 @@ class DetectorNode(Node):
         """The node is being stopped, or its context was shut down (Ctrl-C: rclpy's signal handler)."""
         return not self._running or not self.context.ok()
 
-    def _warn(self, kind: str, message: str) -> None:
-        """A warning at most every WARN_PERIOD_S per kind, with the number of suppressed repeats."""
-        now = time.monotonic()
-        last, suppressed = self._warned.get(kind, (-1e9, 0))
-        if now - last < WARN_PERIOD_S:
-            self._warned[kind] = (last, suppressed + 1)
-            return
-        repeats = f" ({suppressed} similar suppressed)" if suppressed else ""
-        self.get_logger().warning(message + repeats)
-        self._warned[kind] = (now, 0)
-
-    def _convert(self, frame: Frame, settings: Settings) -> ConvertedImage:
-        # max_image_pixels bounds the pixels the network processes (after input_scale and stride padding),
-        # checked from the message / compressed header before any pixel memory is allocated.
-        pixel_count = getattr(self._detector, "network_pixels", None)  # None: count the image's own pixels
-        if isinstance(frame.msg, CompressedImage):
-            return compressed_to_array(frame.msg, settings.max_image_pixels, pixel_count)
-        return image_to_array(frame.msg, settings.max_image_pixels, pixel_count)
-
     def _intrinsics(self, frame: Frame, image_size: tuple[int, int]) -> Intrinsics | None:
         """The frame's CameraInfo as Intrinsics, or None (with a throttled warning when it is unusable)."""
         if frame.camera_info is None:
@@ -592,17 +587,17 @@ class DetectorNode(Node):
         """Convert -> pipeline step -> publish (keypoints, matches, debug image) and count."""
         settings = self._settings
         header = frame.msg.header
-        image = self._convert(frame, settings)
+        image = message_to_array(frame.msg, settings.max_image_pixels, self._detector)
         height, width = image.pixels.shape[:2]
         previous_stamp_ns = self._pipeline.previous_stamp_ns
         intrinsics = self._intrinsics(frame, (width, height))
         record = self._pipeline.step(
             image.pixels,
-            _stamp_ns(header.stamp),
+            stamp_ns(header.stamp),
             channel_order=image.channel_order,
             intrinsics=intrinsics,
             config=pipeline_config_from_settings(settings),
-            rotation=self._frame_rotation(previous_stamp_ns, _stamp_ns(header.stamp), intrinsics),
+            rotation=self._frame_rotation(previous_stamp_ns, stamp_ns(header.stamp), intrinsics),
         )
         if record.reset:
             self._warn(
@@ -671,7 +666,7 @@ class DetectorNode(Node):
             self._warn("imu:no_angular_velocity", "imu message without angular velocity (covariance[0] = -1): ignored")
             return
         w = msg.angular_velocity
-        if not self._gyro.add(_stamp_ns(msg.header.stamp), (w.x, w.y, w.z)):
+        if not self._gyro.add(stamp_ns(msg.header.stamp), (w.x, w.y, w.z)):
             self._warn("imu:refused", "imu message ignored: angular velocity not finite, or its stamp is not after "
                        "the previous imu message's")  # fmt: skip
 

@@ -52,7 +52,7 @@ from kp2d_model.frame_arrays import FrameArraysWriter
 from kp2d_model.frame_pipeline import FramePipeline, MaskSizeError, vins_features
 from kp2d_model.image import ImageFormatError
 from kp2d_ros.camera_model import CameraInfoError, check_camera_info
-from kp2d_ros.conversions import ImageInputError, compressed_to_array, image_to_array
+from kp2d_ros.conversions import ImageInputError, message_to_array
 from kp2d_ros.detector_node import (
     PARAMETERS,
     declare_parameters,
@@ -61,7 +61,7 @@ from kp2d_ros.detector_node import (
     settings_from_parameters,
 )
 from kp2d_ros.detector_node import build_detector as build_node_detector
-from kp2d_ros.messages import keypoints_from_record, matches_from_record, vins_point_cloud
+from kp2d_ros.messages import keypoints_from_record, matches_from_record, stamp_ns, vins_point_cloud
 
 try:  # PyPI's rosbags (pure Python); a ROS installation may lack it: main() says how to install it
     from rosbags.rosbag2 import Reader, StoragePlugin, Writer
@@ -274,10 +274,6 @@ class CameraInfoTable:
         return self._infos[self._stamps[position - 1]] if position else None
 
 
-def stamp_ns(stamp: Any) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
 # --- output bag --------------------------------------------------------------------------------------------
 
 
@@ -413,10 +409,7 @@ class Extractor:
 
     def convert(self, msg: Any) -> Any:
         """As the node: bounded by max_image_pixels of what the network will process, checked before decoding."""
-        pixel_count = getattr(self.detector, "network_pixels", None)
-        if isinstance(msg, CompressedImage):
-            return compressed_to_array(msg, self.settings.max_image_pixels, pixel_count)
-        return image_to_array(msg, self.settings.max_image_pixels, pixel_count)
+        return message_to_array(msg, self.settings.max_image_pixels, self.detector)
 
     def skip(self, kind: str, index: int, stamp: int | None, reason: str) -> None:
         self.summary.skipped[kind] += 1

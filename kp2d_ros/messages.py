@@ -26,6 +26,7 @@ __all__ = [
     "matches_from_record",
     "matches_message",
     "stamp_from_ns",
+    "stamp_ns",
     "to_array",
     "vins_point_cloud",
 ]
@@ -129,6 +130,11 @@ def matches_message(
     if model is not None:
         msg.model = np.asarray(model, dtype=np.float64).reshape(9).copy()
     return msg
+
+
+def stamp_ns(stamp: Any) -> int:
+    """builtin_interfaces/Time (or any object with sec, nanosec) -> nanoseconds since the epoch (exact)."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 def stamp_from_ns(stamp_ns: int) -> Time:

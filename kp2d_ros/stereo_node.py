@@ -39,19 +39,19 @@ from kp2d_model.frame_pipeline import FramePipeline, MatchConfig, PipelineConfig
 from kp2d_model.image import ImageFormatError
 from kp2d_model.stereo import StereoConfig, StereoError, match_stereo
 from kp2d_model.tracks import carry_tracks
-from kp2d_ros.conversions import ConvertedImage, ImageInputError, image_to_array
+from kp2d_ros.conversions import ConvertedImage, ImageInputError, message_to_array
 from kp2d_ros.detector_node import (
     GEOMETRY_MODELS,
     PARAMETERS,
-    WARN_PERIOD_S,
     LatestFrameSlot,
     Statistics,
+    ThrottledWarnings,
     _float_range,
     _int_range,
     _StatusBuilder,
     build_detector,
 )
-from kp2d_ros.messages import keypoints_from_record, keypoints_message, matches_from_record, to_array
+from kp2d_ros.messages import keypoints_from_record, keypoints_message, matches_from_record, stamp_ns, to_array
 from kp2d_ros.node_main import run_node
 from kp2d_ros.shared_detector import SharedDetector
 from kp2d_ros_msgs.msg import Keypoints, Matches, StereoMatches
@@ -86,10 +86,6 @@ STEREO_PARAMETERS: dict[str, tuple[Any, str, dict[str, Any]]] = {
 }  # fmt: skip
 
 
-def _stamp_ns(stamp: Any) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
 @dataclass
 class StereoFrame:
     """One synchronised pair waiting for the worker."""
@@ -112,7 +108,7 @@ class ExactStampPairing:
         self._lock = threading.Lock()
 
     def add(self, index: int, msg: Any) -> None:
-        key = _stamp_ns(msg.header.stamp)
+        key = stamp_ns(msg.header.stamp)
         ready = None
         with self._lock:
             slots = self._pending.setdefault(key, [None] * self._count)
@@ -212,7 +208,7 @@ class StereoNode(Node):
                               geometry_threshold=p["matching.geometry_threshold"]),
         )  # fmt: skip
         self._pipeline = FramePipeline(self._detector, self._pipeline_config)  # the left camera's tracks
-        self._warned: dict[str, tuple[float, int]] = {}
+        self._warn = ThrottledWarnings(self.get_logger()).warn  # (kind, message)
         self._slot = LatestFrameSlot()
         self._stats = Statistics()
         self._next_track_id = 1 << 63  # right-only keypoints: ids from the top half, never a left track's id
@@ -265,16 +261,6 @@ class StereoNode(Node):
     def _shutting_down(self) -> bool:
         return not self._running or not self.context.ok()
 
-    def _warn(self, kind: str, message: str) -> None:
-        """A warning at most every WARN_PERIOD_S per kind, with the number of suppressed repeats."""
-        now = time.monotonic()
-        last, suppressed = self._warned.get(kind, (-1e9, 0))
-        if now - last < WARN_PERIOD_S:
-            self._warned[kind] = (last, suppressed + 1)
-            return
-        self.get_logger().warning(message + (f" ({suppressed} similar suppressed)" if suppressed else ""))
-        self._warned[kind] = (now, 0)
-
     def _work(self) -> None:
         while not self._shutting_down():
             frame = self._slot.take(timeout=0.2)
@@ -296,8 +282,8 @@ class StereoNode(Node):
 
     def _process(self, frame: StereoFrame) -> None:
         p = self._p
-        left_image = image_to_array(frame.left, p["max_image_pixels"])
-        right_image = image_to_array(frame.right, p["max_image_pixels"])
+        left_image = message_to_array(frame.left, p["max_image_pixels"], self._detector)
+        right_image = message_to_array(frame.right, p["max_image_pixels"], self._detector)
         size = left_image.pixels.shape[1], left_image.pixels.shape[0]
         if (right_image.pixels.shape[1], right_image.pixels.shape[0]) != size:
             raise StereoInputError("size", f"left image is {size[0]}x{size[1]} but right is "
@@ -311,7 +297,7 @@ class StereoNode(Node):
         # images: the intrinsics are P's left 3x3 without distortion.
         intrinsics = Intrinsics(np.asarray(frame.left_info.p, float).reshape(3, 4)[:, :3].copy(), np.zeros(0), "none",
                                 size)  # fmt: skip
-        record = self._pipeline.step(left_image.pixels, _stamp_ns(header.stamp),
+        record = self._pipeline.step(left_image.pixels, stamp_ns(header.stamp),
                                      channel_order=left_image.channel_order, intrinsics=intrinsics)  # fmt: skip
         if record.reset:
             self._warn("stamp_backwards", "image stamp went backwards: left tracks reset")

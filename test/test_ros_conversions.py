@@ -19,7 +19,7 @@ from std_msgs.msg import Header  # noqa: E402
 from kp2d_ros import conversions  # noqa: E402
 from kp2d_ros.camera_model import CameraInfoError, check_camera_info, normalized_coordinates  # noqa: E402
 from kp2d_ros.camera_sim import PhotoCamera, camera_info_message, default_photo, encode, image_message  # noqa: E402
-from kp2d_ros.conversions import ImageInputError, compressed_to_array, image_to_array  # noqa: E402
+from kp2d_ros.conversions import ImageInputError, compressed_to_array, image_to_array, message_to_array  # noqa: E402
 from kp2d_ros.messages import field_array, keypoints_message, matches_message, to_array  # noqa: E402
 from kp2d_ros.tracks import TrackHistory, TrackIds, carry_tracks  # noqa: E402
 
@@ -141,6 +141,23 @@ def test_compressed_image_decodes_and_garbage_is_rejected():
         compressed_to_array(msg)
     with pytest.raises(ImageInputError, match="no data"):
         compressed_to_array(CompressedImage())
+
+
+def test_message_to_array_takes_raw_and_compressed_and_bounds_the_detectors_pixels():
+    raw = image_message(BGR, "bgr8", 3, header())
+    ok, png = cv2.imencode(".png", BGR)
+    compressed = CompressedImage(format="png")
+    compressed.data = to_array("B", png)
+    for msg in (raw, compressed):
+        np.testing.assert_array_equal(message_to_array(msg, 100).pixels, BGR)
+
+    class ScaledDetector:  # processes the image at 4x its size (as input_scale 2 would)
+        def network_pixels(self, width: int, height: int) -> int:
+            return 4 * width * height
+
+    for msg in (raw, compressed):  # 30 image pixels fit 100, the 120 the detector would process do not
+        with pytest.raises(ImageInputError):
+            message_to_array(msg, 100, ScaledDetector())
 
 
 # --- messages -------------------------------------------------------------------------------------------------
