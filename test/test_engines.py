@@ -225,6 +225,22 @@ def test_default_model_auto_and_int8_agree_with_fp32(photo_bgr) -> None:
     assert float(cosine.median()) > 0.98
 
 
+def test_openvino_runs_the_int8_graphs_float_layers_in_bf16_only_where_the_cpu_computes_bf16() -> None:
+    int8, bf16, fp32 = engines.Precision.INT8, engines.Precision.BF16, engines.Precision.FP32
+    assert engines.openvino_float_hint(int8, frozenset({"avx512_vnni", "avx512_bf16"})) == "bf16"
+    assert engines.openvino_float_hint(int8, frozenset({"amx_int8", "amx_bf16"})) == "bf16"
+    assert engines.openvino_float_hint(int8, frozenset({"avx512_vnni"})) == "f32"  # VNNI alone: float32
+    assert engines.openvino_float_hint(fp32, frozenset({"avx512_bf16"})) == "f32"  # fp32 stays fp32
+    assert engines.openvino_float_hint(bf16, frozenset()) == "bf16"
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="openvino not installed")
+def test_openvino_int8_detector_uses_this_cpus_float_hint() -> None:
+    detector = KeypointDetector(device="cpu", top_k=300, precision="int8", backend="openvino")
+    expected = engines.openvino_float_hint(engines.Precision.INT8)
+    assert detector.engine.config["INFERENCE_PRECISION_HINT"] == expected
+
+
 # --- TensorRT (needs a GPU) ------------------------------------------------------------------------------------
 
 
