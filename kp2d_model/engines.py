@@ -355,6 +355,7 @@ def quantize_onnx_int8(fp32_path: str | Path, int8_path: str | Path, calibration
         nodes_to_exclude=keep_float,
     )
     quantized = onnx.load(str(int8_path))
+    _float_graph_outputs(quantized)
     _set_metadata(
         quantized,
         {
@@ -365,6 +366,28 @@ def quantize_onnx_int8(fp32_path: str | Path, int8_path: str | Path, calibration
     )
     onnx.save(quantized, str(int8_path))
     return Path(int8_path)
+
+
+def _float_graph_outputs(model: Any) -> None:
+    """Remove the QuantizeLinear -> DequantizeLinear pair the quantiser puts on a graph output (the dense
+    descriptor map): nothing INT8 consumes it, and rounding it to 256 levels only cost descriptor accuracy
+    (docs/inference.md, "INT8"). The producing convolution then writes float32 directly."""
+    nodes = list(model.graph.node)
+    by_output = {output: node for node in nodes for output in node.output}
+    for graph_output in model.graph.output:
+        dequantize = by_output.get(graph_output.name)
+        if dequantize is None or dequantize.op_type != "DequantizeLinear":
+            continue
+        quantize = by_output.get(dequantize.input[0])
+        if quantize is None or quantize.op_type != "QuantizeLinear":
+            continue
+        producer = by_output.get(quantize.input[0])
+        readers = [node for node in nodes if quantize.input[0] in node.input]
+        if producer is None or readers != [quantize]:
+            continue  # the float value feeds something else too: leave the graph as it is
+        producer.output[list(producer.output).index(quantize.input[0])] = graph_output.name
+        model.graph.node.remove(quantize)
+        model.graph.node.remove(dequantize)
 
 
 def cached_int8_graph(fp32_path: str | Path, calibration_batches: Sequence[np.ndarray]) -> Path:

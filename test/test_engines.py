@@ -204,6 +204,8 @@ def test_int8_calibration_quantises_the_convolutions_and_is_cached(checkpoint_pa
     assert len(head_convs) == 3  # both heads' last convolutions + the location head's first: float32 weights
     initializers = {tensor.name for tensor in model.graph.initializer}
     assert all(conv.input[1] in initializers and conv.input[1] not in producers for conv in head_convs)
+    # the outputs stay float32 straight from their convolutions: the descriptor map is not rounded to 256 levels
+    assert {producers[output.name].op_type for output in model.graph.output} == {"Conv", "Sigmoid", "Tanh"}
     metadata = engines.read_onnx_metadata(graph)
     assert (metadata["precision"], metadata["calibration_images"]) == ("int8", 2)
     found = detector(photo_bgr)
