@@ -236,10 +236,11 @@ def _auto(backend: BackendName, cuda: bool, int8_ready: bool) -> EngineChoice:
     vnni = bool(caps & {"avx512_vnni", "avx_vnni", "amx_int8"})
     if int8_ready and vnni and (openvino or (backend is BackendName.ONNXRUNTIME and _installed("onnxruntime"))):
         chosen = BackendName.OPENVINO if openvino else BackendName.ONNXRUNTIME
+        float_convs = ", float convs bf16" if openvino and openvino_float_hint(Precision.INT8, caps) == "bf16" else ""
         return EngineChoice(
             chosen,
             Precision.INT8,
-            f"CPU has {_flags(caps, 'vnni', 'amx_int8')}, INT8 graph available",
+            f"CPU has {_flags(caps, 'vnni', 'amx_int8')}, INT8 graph available{float_convs}",
         )
     if openvino and caps & {"avx512_bf16", "amx_bf16"}:
         return EngineChoice(BackendName.OPENVINO, Precision.BF16, f"CPU has {_flags(caps, 'bf16')}")
