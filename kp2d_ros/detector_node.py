@@ -5,10 +5,12 @@ Subscribes ``image`` (sensor_msgs/Image), optionally ``<image>/compressed`` and 
 built while subscribed) and ``/diagnostics``. Output headers are the source image's header.
 
 Latest-frame processing: subscription callbacks only store the newest frame in a one-slot buffer (a frame
-that replaces an unprocessed one is counted as dropped); a worker thread converts the message, runs one
-``kp2d_model.frame_pipeline.FramePipeline.step`` (network on the GPU when present, matching against the previous
-processed frame on the same device, geometry, track ids, normalised coordinates) and publishes the record.
-The executor thread stays free for parameter services while the worker runs inference.
+that replaces an unprocessed one is counted as dropped). Two worker threads share a frame's work
+(``kp2d_model.frame_pipeline.FramePipeline.step`` split in two): the detect thread converts the message and runs
+``FramePipeline.detect`` (the network, on the GPU when present); the finish thread runs ``FramePipeline.finish``
+(matching against the previous processed frame on the same device, geometry, track ids, normalised
+coordinates) and publishes, in frame order, while the detect thread runs the next frame's network. One
+detected frame at most waits between them. The executor thread stays free for parameter services.
 Bad input (any frame) gives a throttled, specific warning and the node goes on with the next frame.
 Frames the camera sent that never arrive (camera_info stamps without their image, gaps in image stamps) give a
 throttled "frames lost in transport" warning and a diagnostics count (``kp2d_ros.frame_loss``).
@@ -17,10 +19,13 @@ Parameters: see ``docs/ros.md`` and ``config/detector.yaml``.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -38,6 +43,7 @@ from kp2d_model.camera import Intrinsics
 from kp2d_model.checkpoint import default_checkpoint_path
 from kp2d_model.engines import BackendName, Precision
 from kp2d_model.frame_pipeline import (
+    Detected,
     FramePipeline,
     FrameRecord,
     MaskSizeError,
@@ -234,6 +240,16 @@ class Frame:
     received_ns: int  # time.monotonic_ns() at receipt
 
 
+@dataclass
+class DetectedFrame:
+    """A frame past the network (the detect thread), waiting for the finish thread."""
+
+    frame: Frame
+    settings: Settings  # the snapshot the frame was detected with; it is finished with the same one
+    image: ConvertedImage
+    detected: Detected
+
+
 class LatestFrameSlot:
     """One-slot buffer: ``put`` replaces an unprocessed frame (counted as dropped), ``take`` waits for one."""
 
@@ -387,8 +403,15 @@ class DetectorNode(Node):
             self.get_logger().warning(buffer_warning)
 
         self._running = True
-        self._worker = threading.Thread(target=self._work, name="kp2d_detector_worker", daemon=True)
+        # Two worker threads, one frame each at most (docs/ros.md, "Frame path"): the detect thread converts and
+        # runs the network; the finish thread matches, publishes and counts, in frame order, while the detect
+        # thread runs the next frame's network. The handoff holds one detected frame: the detect thread waits
+        # for the finish thread rather than queue a second one (newer frames wait, and are dropped, in _slot).
+        self._detected: queue.Queue[DetectedFrame] = queue.Queue(maxsize=1)
+        self._worker = threading.Thread(target=self._detect_loop, name="kp2d_detector_detect", daemon=True)
+        self._finisher = threading.Thread(target=self._finish_loop, name="kp2d_detector_finish", daemon=True)
         self._worker.start()
+        self._finisher.start()
         self.get_logger().info(
             f"ready: model {self._model_name}, device {self._device}, network input {self._network_input()}, "
             f"engine {getattr(self._detector, 'engine_choice', 'given')}, "
@@ -539,33 +562,57 @@ class DetectorNode(Node):
 
     # --- worker thread -----------------------------------------------------------------------------
 
-    def _work(self) -> None:
+    def _detect_loop(self) -> None:
+        """The detect thread: newest frame -> conversion -> network -> handed to the finish thread."""
         while not self._shutting_down():
             frame = self._slot.take(timeout=0.2)
             if frame is None or self._shutting_down():
                 continue
+            with self._frame_errors():
+                detected = self._detect(frame)
+                while not self._shutting_down():  # wait while the finish thread still holds the previous frame
+                    try:
+                        self._detected.put(detected, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+
+    def _finish_loop(self) -> None:
+        """The finish thread: detected frames in order -> matching, tracks -> published and counted."""
+        while not self._shutting_down():
             try:
-                self._process(frame)
-            except ImageInputError as error:
-                self._stats.count("rejected")
-                self._warn(f"image:{error.kind}", f"frame skipped: {error}")
-            except MaskSizeError as error:
-                self._stats.count("rejected")
-                self._warn("image:mask_size", f"frame skipped: {error} (parameter 'mask')")
-            except ImageFormatError as error:  # the detector refused the image (e.g. thinner than one cell)
-                self._stats.count("rejected")
-                self._warn("image:refused_by_detector", f"frame skipped: {error}")
-            except torch.OutOfMemoryError as error:
-                self._stats.count("failed")
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                self._warn("oom", f"frame skipped: out of memory on {self._device} ({str(error).splitlines()[0]}); "
-                           "consider input_width/input_height, top_k or half")  # fmt: skip
-            except Exception as error:  # a model failure on one frame must not stop the node
-                if self._shutting_down():
-                    return  # Ctrl-C while this frame was in flight: its publishers are gone, a normal stop
-                self._stats.count("failed")
-                self._warn(f"failure:{type(error).__name__}", f"frame skipped: processing failed: {error!r}")
+                detected = self._detected.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            with self._frame_errors():
+                self._finish(detected)
+
+    @contextlib.contextmanager
+    def _frame_errors(self) -> Iterator[None]:
+        """Around one frame's work on either thread: bad input or a model failure is counted and warned about
+        (throttled), and the node goes on with the next frame."""
+        try:
+            yield
+        except ImageInputError as error:
+            self._stats.count("rejected")
+            self._warn(f"image:{error.kind}", f"frame skipped: {error}")
+        except MaskSizeError as error:
+            self._stats.count("rejected")
+            self._warn("image:mask_size", f"frame skipped: {error} (parameter 'mask')")
+        except ImageFormatError as error:  # the detector refused the image (e.g. thinner than one cell)
+            self._stats.count("rejected")
+            self._warn("image:refused_by_detector", f"frame skipped: {error}")
+        except torch.OutOfMemoryError as error:
+            self._stats.count("failed")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self._warn("oom", f"frame skipped: out of memory on {self._device} ({str(error).splitlines()[0]}); "
+                       "consider input_width/input_height, top_k or half")  # fmt: skip
+        except Exception as error:  # a model failure on one frame must not stop the node
+            if self._shutting_down():
+                return  # Ctrl-C while this frame was in flight: its publishers are gone, a normal stop
+            self._stats.count("failed")
+            self._warn(f"failure:{type(error).__name__}", f"frame skipped: processing failed: {error!r}")
 
     def _shutting_down(self) -> bool:
         """The node is being stopped, or its context was shut down (Ctrl-C: rclpy's signal handler)."""
@@ -583,18 +630,25 @@ class DetectorNode(Node):
             self._warn(f"camera_info:{error.kind}", str(error))
             return None
 
-    def _process(self, frame: Frame) -> None:
-        """Convert -> pipeline step -> publish (keypoints, matches, debug image) and count."""
+    def _detect(self, frame: Frame) -> DetectedFrame:
+        """Convert the message and run the network (the detect thread)."""
         settings = self._settings
-        header = frame.msg.header
         image = message_to_array(frame.msg, settings.max_image_pixels, self._detector)
-        height, width = image.pixels.shape[:2]
+        config = pipeline_config_from_settings(settings)
+        detected = self._pipeline.detect(image.pixels, channel_order=image.channel_order, config=config)
+        return DetectedFrame(frame, settings, image, detected)
+
+    def _finish(self, job: DetectedFrame) -> None:
+        """Pipeline stages after the network -> publish (keypoints, matches, debug image) and count (the finish
+        thread, in frame order)."""
+        frame, settings, image = job.frame, job.settings, job.image
+        header = frame.msg.header
+        width, height = job.detected.image_size
         previous_stamp_ns = self._pipeline.previous_stamp_ns
         intrinsics = self._intrinsics(frame, (width, height))
-        record = self._pipeline.step(
-            image.pixels,
+        record = self._pipeline.finish(
+            job.detected,
             stamp_ns(header.stamp),
-            channel_order=image.channel_order,
             intrinsics=intrinsics,
             config=pipeline_config_from_settings(settings),
             rotation=self._frame_rotation(previous_stamp_ns, stamp_ns(header.stamp), intrinsics),
@@ -747,8 +801,9 @@ class DetectorNode(Node):
         # A constructor that failed part-way (bad model) has no slot or worker yet: nothing to stop.
         if hasattr(self, "_slot"):
             self._slot.close()
-        if hasattr(self, "_worker") and self._worker.is_alive():
-            self._worker.join(timeout=10.0)
+        for thread in (getattr(self, "_worker", None), getattr(self, "_finisher", None)):
+            if thread is not None and thread.is_alive():
+                thread.join(timeout=10.0)
         super().destroy_node()
 
 
