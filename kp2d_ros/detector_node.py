@@ -97,6 +97,14 @@ BACKENDS = tuple(b.value for b in BackendName)
 WARN_PERIOD_S = 5.0
 FRAME_LOSS_CHECK_PERIOD_S = 1.0
 FRAME_LOSS_DOCS = "docs/ros.md, 'Large images over Fast DDS'"
+# Where a processed frame's time beyond the detector call goes (diagnostics "overhead part mean (ms): <name>").
+OVERHEAD_PARTS = {
+    "wait": "receipt until the detect thread takes the frame",
+    "conversion": "message to image array",
+    "handoff": "network done until the finish thread takes the frame",
+    "matching": "FramePipeline.finish: matching, geometry, tracks, normalised coordinates",
+    "publishing": "messages built and published, track history, debug image",
+}
 
 
 def _settings_value(name: str, value: Any) -> Any:
@@ -248,6 +256,9 @@ class DetectedFrame:
     settings: Settings  # the snapshot the frame was detected with; it is finished with the same one
     image: ConvertedImage
     detected: Detected
+    taken_ns: int  # time.monotonic_ns() when the detect thread took the frame
+    conversion_ms: float
+    detected_ns: int  # time.monotonic_ns() when the network was done
 
 
 class LatestFrameSlot:
@@ -287,6 +298,7 @@ class Statistics:
         self.received = self.processed = self.rejected = self.failed = 0
         self.latency_ms: list[float] = []
         self.inference_ms: list[float] = []
+        self.overhead_parts_ms: dict[str, list[float]] = {}  # OVERHEAD_PARTS name -> one value per frame
         self.last_received_ns = 0
 
     def count_received(self) -> None:
@@ -298,11 +310,15 @@ class Statistics:
         with self._lock:
             setattr(self, what, getattr(self, what) + 1)
 
-    def add_processed(self, latency_ms: float, inference_ms: float) -> None:
+    def add_processed(self, latency_ms: float, inference_ms: float, parts_ms: dict[str, float] | None = None) -> None:
+        """One processed frame: receipt-to-published latency, the detector call and (optionally) where the rest of
+        the latency went (``OVERHEAD_PARTS`` name -> ms)."""
         with self._lock:
             self.processed += 1
             self.latency_ms.append(latency_ms)
             self.inference_ms.append(inference_ms)
+            for name, value in (parts_ms or {}).items():
+                self.overhead_parts_ms.setdefault(name, []).append(value)
 
     def take(self) -> dict[str, Any]:
         """Counters since the last call, then reset."""
@@ -314,10 +330,11 @@ class Statistics:
                 "failed": self.failed,
                 "latency_ms": self.latency_ms,
                 "inference_ms": self.inference_ms,
+                "overhead_parts_ms": self.overhead_parts_ms,
                 "last_received_ns": self.last_received_ns,
             }
             self.received = self.processed = self.rejected = self.failed = 0
-            self.latency_ms, self.inference_ms = [], []
+            self.latency_ms, self.inference_ms, self.overhead_parts_ms = [], [], {}
             return snapshot
 
 
@@ -632,15 +649,18 @@ class DetectorNode(Node):
 
     def _detect(self, frame: Frame) -> DetectedFrame:
         """Convert the message and run the network (the detect thread)."""
+        taken_ns = time.monotonic_ns()
         settings = self._settings
         image = message_to_array(frame.msg, settings.max_image_pixels, self._detector)
+        conversion_ms = (time.monotonic_ns() - taken_ns) / 1e6
         config = pipeline_config_from_settings(settings)
         detected = self._pipeline.detect(image.pixels, channel_order=image.channel_order, config=config)
-        return DetectedFrame(frame, settings, image, detected)
+        return DetectedFrame(frame, settings, image, detected, taken_ns, conversion_ms, time.monotonic_ns())
 
     def _finish(self, job: DetectedFrame) -> None:
         """Pipeline stages after the network -> publish (keypoints, matches, debug image) and count (the finish
         thread, in frame order)."""
+        started_ns = time.monotonic_ns()
         frame, settings, image = job.frame, job.settings, job.image
         header = frame.msg.header
         width, height = job.detected.image_size
@@ -653,6 +673,7 @@ class DetectorNode(Node):
             config=pipeline_config_from_settings(settings),
             rotation=self._frame_rotation(previous_stamp_ns, stamp_ns(header.stamp), intrinsics),
         )
+        finished_ns = time.monotonic_ns()
         if record.reset:
             self._warn(
                 "stamp_backwards",
@@ -670,7 +691,15 @@ class DetectorNode(Node):
         self._history.add(record.tracks.ids, record.points)
         if settings.debug_image and self._debug_pub.get_subscription_count() > 0:
             self._publish_debug_image(header, image, record.points, record.tracks.lengths)
-        self._stats.add_processed((time.monotonic_ns() - frame.received_ns) / 1e6, record.inference_ms)
+        published_ns = time.monotonic_ns()
+        parts_ms = {
+            "wait": (job.taken_ns - frame.received_ns) / 1e6,
+            "conversion": job.conversion_ms,
+            "handoff": (started_ns - job.detected_ns) / 1e6,
+            "matching": (finished_ns - started_ns) / 1e6,
+            "publishing": (published_ns - finished_ns) / 1e6,
+        }
+        self._stats.add_processed((published_ns - frame.received_ns) / 1e6, record.inference_ms, parts_ms)
 
     def _publish_vins_features(self, header: Any, record: FrameRecord) -> None:
         """~/features for VINS-Fusion: the tracked keypoints (length >= 2); nothing when there are none (the first
@@ -778,6 +807,9 @@ class DetectorNode(Node):
         stat.add("inference mean (ms)", f"{np.mean(inference):.1f}" if inference else "n/a")
         overhead = np.subtract(latency, inference)  # waiting for the worker, conversion, matching, messages
         stat.add("overhead mean (ms, latency minus inference)", f"{np.mean(overhead):.2f}" if inference else "n/a")
+        parts = snapshot["overhead_parts_ms"]
+        for name in OVERHEAD_PARTS:
+            stat.add(f"overhead part mean (ms): {name}", f"{np.mean(parts[name]):.2f}" if parts.get(name) else "n/a")
         stat.add("processed frames", snapshot["processed"])
         stat.add("seconds since last image", f"{idle_s:.1f}" if idle_s is not None else "never")
         stat.add("debug images published", self._debug_images_published)
