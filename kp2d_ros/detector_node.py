@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import sys
 import threading
 import time
@@ -290,6 +289,37 @@ class LatestFrameSlot:
             self._condition.notify_all()
 
 
+class FinishHandoff:
+    """The detect thread hands a detected frame to the finish thread: ``put`` waits until the finish thread is
+    done with the previous frame (so no detected frame ever waits behind another), ``take`` waits for a frame and
+    ``done`` says it has been finished. Both waits time out (False / None) so the threads can see a shutdown."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._frame: DetectedFrame | None = None
+        self._finishing = False
+
+    def put(self, frame: DetectedFrame, timeout: float) -> bool:
+        with self._condition:
+            if not self._condition.wait_for(lambda: self._frame is None and not self._finishing, timeout):
+                return False
+            self._frame = frame
+            self._condition.notify_all()
+            return True
+
+    def take(self, timeout: float) -> DetectedFrame | None:
+        with self._condition:
+            if not self._condition.wait_for(lambda: self._frame is not None, timeout):
+                return None
+            frame, self._frame, self._finishing = self._frame, None, True
+            return frame
+
+    def done(self) -> None:
+        with self._condition:
+            self._finishing = False
+            self._condition.notify_all()
+
+
 class Statistics:
     """Counters and timings since the last diagnostics report (thread-safe)."""
 
@@ -422,9 +452,10 @@ class DetectorNode(Node):
         self._running = True
         # Two worker threads, one frame each at most (docs/ros.md, "Frame path"): the detect thread converts and
         # runs the network; the finish thread matches, publishes and counts, in frame order, while the detect
-        # thread runs the next frame's network. The handoff holds one detected frame: the detect thread waits
-        # for the finish thread rather than queue a second one (newer frames wait, and are dropped, in _slot).
-        self._detected: queue.Queue[DetectedFrame] = queue.Queue(maxsize=1)
+        # thread runs the next frame's network. The detect thread hands a frame over only once the finish thread is
+        # done with the previous one: no detected frame waits behind another (newer frames wait, and are dropped,
+        # in _slot), so at most three frames are in the node: pending, in the network, being finished.
+        self._handoff = FinishHandoff()
         self._worker = threading.Thread(target=self._detect_loop, name="kp2d_detector_detect", daemon=True)
         self._finisher = threading.Thread(target=self._finish_loop, name="kp2d_detector_finish", daemon=True)
         self._worker.start()
@@ -587,22 +618,20 @@ class DetectorNode(Node):
                 continue
             with self._frame_errors():
                 detected = self._detect(frame)
-                while not self._shutting_down():  # wait while the finish thread still holds the previous frame
-                    try:
-                        self._detected.put(detected, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
+                while not self._shutting_down() and not self._handoff.put(detected, timeout=0.2):
+                    pass  # the finish thread still holds the previous frame
 
     def _finish_loop(self) -> None:
         """The finish thread: detected frames in order -> matching, tracks -> published and counted."""
         while not self._shutting_down():
-            try:
-                detected = self._detected.get(timeout=0.2)
-            except queue.Empty:
+            detected = self._handoff.take(timeout=0.2)
+            if detected is None:
                 continue
-            with self._frame_errors():
-                self._finish(detected)
+            try:
+                with self._frame_errors():
+                    self._finish(detected)
+            finally:
+                self._handoff.done()
 
     @contextlib.contextmanager
     def _frame_errors(self) -> Iterator[None]:

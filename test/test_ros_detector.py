@@ -8,6 +8,7 @@ previous test's, so no test sees another's frames as going backwards.
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from typing import Any
 
@@ -335,6 +336,29 @@ def test_diagnostics_split_the_overhead_into_its_parts(detector):
 
 
 # --- latest-frame processing ----------------------------------------------------------------------------------
+
+
+def test_the_finish_handoff_never_lets_a_detected_frame_wait_behind_another():
+    """The detect thread hands a frame over only when the finish thread is done with the previous one."""
+    from kp2d_ros.detector_node import FinishHandoff
+
+    handoff = FinishHandoff()
+    assert handoff.take(timeout=0.01) is None
+    assert handoff.put("frame 1", timeout=0.01)
+    assert not handoff.put("frame 2", timeout=0.05), "frame 1 is not taken yet"
+    assert handoff.take(timeout=0.01) == "frame 1"
+    assert not handoff.put("frame 2", timeout=0.05), "frame 1 is still being finished"
+    handoff.done()
+    assert handoff.put("frame 2", timeout=0.01) and handoff.take(timeout=0.01) == "frame 2"
+
+    handed = threading.Event()  # a put waiting for the finish thread goes through as soon as it is done
+    waiting = threading.Thread(target=lambda: handoff.put("frame 3", timeout=5.0) and handed.set())
+    waiting.start()
+    time.sleep(0.1)
+    assert not handed.is_set()
+    handoff.done()
+    waiting.join(5.0)
+    assert handed.is_set() and handoff.take(timeout=0.01) == "frame 3"
 
 
 def test_a_burst_faster_than_inference_is_dropped_not_queued(detector):
