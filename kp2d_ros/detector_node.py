@@ -101,7 +101,7 @@ OVERHEAD_PARTS = {
     "wait": "receipt until the detect thread takes the frame",
     "conversion": "message to image array",
     "handoff": "network done until the finish thread takes the frame",
-    "matching": "FramePipeline.finish: matching, geometry, tracks, normalised coordinates",
+    "matching": "camera_info check, IMU rotation, FramePipeline.finish (matching, geometry, tracks, normalised)",
     "publishing": "messages built and published, track history, debug image",
 }
 
@@ -608,7 +608,7 @@ class DetectorNode(Node):
             self.get_logger().info(f"parameters changed: {', '.join(f'{n}={v!r}' for n, v in changes.items())}")
         return SetParametersResult(successful=True)
 
-    # --- worker thread -----------------------------------------------------------------------------
+    # --- worker threads ----------------------------------------------------------------------------
 
     def _detect_loop(self) -> None:
         """The detect thread: newest frame -> conversion -> network -> handed to the finish thread."""
