@@ -6,6 +6,8 @@ Runs the installed ``detector`` (``install/kp2d_ros/lib/kp2d_ros/detector``, top
 1. ``sequential``: publish one frame, wait for its Keypoints, repeat. End-to-end latency (publish ->
    Keypoints received) minus the detector's own time (``KeypointDetector`` call, reported per frame window
    by the node on /diagnostics) = the node's overhead including DDS transport both ways.
+   The node also reports its own split of that overhead on /diagnostics (wait for the detect thread,
+   conversion, handoff to the finish thread, matching, publishing): ``node_overhead_parts_ms``.
 2. ``components``: the same steps timed in this process, one at a time (image conversion, matching
    1000 x 1000, track ids, building + serialising the Keypoints and Matches messages).
 3. ``stream_30hz``: frames published at 30 Hz for ``--seconds``: output rate, frames dropped by the node, and
@@ -42,8 +44,10 @@ from std_msgs.msg import Header
 
 from kp2d_model import KeypointDetector, match_descriptors
 from kp2d_model.checkpoint import default_checkpoint_path
+from kp2d_model.matching import squared_distances
 from kp2d_ros.camera_sim import PhotoCamera, default_photo, image_message
 from kp2d_ros.conversions import image_to_array
+from kp2d_ros.detector_node import OVERHEAD_PARTS
 from kp2d_ros.messages import keypoints_message, matches_message
 from kp2d_ros.tracks import carry_tracks
 from kp2d_ros_msgs.msg import Keypoints
@@ -115,6 +119,13 @@ class Client:
                           ("overhead mean (ms, latency minus inference)", "node_internal_overhead_ms")):  # fmt: skip
             values = [float(d[key]) for d in rows]
             mean[name] = float(np.average(values, weights=frames)) if frames else float("nan")
+        parts = {}  # the node's own split of the overhead (diagnostics "overhead part mean (ms): <name>")
+        for name in OVERHEAD_PARTS:
+            key = f"overhead part mean (ms): {name}"
+            reported = [(float(d[key]), n) for d, n in zip(rows, frames, strict=True) if d.get(key, "n/a") != "n/a"]
+            if reported:
+                parts[name] = float(np.average([v for v, _ in reported], weights=[n for _, n in reported]))
+        mean["node_overhead_parts_ms"] = parts
         mean["dropped"] = sum(int(d["dropped frames (newer frame arrived first)"]) for d in self.diagnostics[start:])
         mean["processed"] = sum(frames)
         return mean
@@ -167,6 +178,8 @@ def run_stream(client: Client, frames: list[Image], seconds: float, rate: float)
         "latency_first_third_mean_ms": statistics.fmean(latencies[:third]) if latencies else None,
         "latency_last_third_mean_ms": statistics.fmean(latencies[-third:]) if latencies else None,
         "inference_ms": node["inference_ms"],
+        "node_internal_overhead_ms": node["node_internal_overhead_ms"],
+        "node_overhead_parts_ms": node["node_overhead_parts_ms"],
     }
 
 
@@ -211,6 +224,12 @@ def time_components(frames: list[Image], checkpoint: str, device: str, repeats: 
         single.append((time.perf_counter() - start) * 1e3)
     torch.set_num_threads(threads)
     result["matching_1_thread"] = statistics.median(single)
+    floor = []  # the matrix product alone: what matching cannot go below without another arithmetic
+    for _ in range(repeats):
+        start = time.perf_counter()
+        squared_distances(a.descriptors, b.descriptors)
+        floor.append((time.perf_counter() - start) * 1e3)
+    result["matching_distance_gemm_only"] = statistics.median(floor)
     result["matches"] = len(current_index)
     result["keypoints"] = len(points)
     return result
@@ -263,6 +282,7 @@ def main() -> int:
     args = parser.parse_args()
     args.precision = args.precision or ["fp32", "auto"]
 
+    load_at_start = os.getloadavg()[0]
     camera = PhotoCamera(cv2.imread(str(default_photo())), (WIDTH, HEIGHT))
     frames = [image_message(camera.render(camera.reference_to_frame(t)), "bgr8", 3, Header()) for t in range(8)]
     components = time_components(frames, args.checkpoint, args.device, repeats=20)
@@ -280,6 +300,7 @@ def main() -> int:
         "by_precision": {name: {"sequential": run[0], "stream_30hz": run[1]} for name, run in runs.items()},
         "environment": {
             "cpu_count": os.cpu_count(),
+            "load_average_1m_at_start": load_at_start,
             "load_average_1m_at_end": os.getloadavg()[0],
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
@@ -295,7 +316,13 @@ def main() -> int:
     print(f"sequential: end-to-end {e2e['mean_ms']:.1f} ms (median {e2e['median_ms']:.1f}), detector "
           f"{sequential['inference_ms']:.1f} ms -> node overhead {sequential['overhead_ms']:.1f} ms per frame "
           f"(inside the node: {sequential['node_internal_overhead_ms']:.1f} ms)")  # fmt: skip
-    steps = ("conversion", "matching", "matching_1_thread", "to_numpy", "tracks", "messages", "total_ms")
+    parts = sequential["node_overhead_parts_ms"]
+    print("inside the node, its parts (ms, mean): " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
+    for name, run in runs.items():
+        run_parts = ", ".join(f"{k} {v:.2f}" for k, v in run[0]["node_overhead_parts_ms"].items())
+        print(f"  {name}: overhead inside the node {run[0]['node_internal_overhead_ms']:.2f} ms ({run_parts})")
+    steps = ("conversion", "matching", "matching_1_thread", "matching_distance_gemm_only", "to_numpy", "tracks",
+             "messages", "total_ms")
     print("components (ms, median): " + ", ".join(f"{k} {components[k]:.2f}" for k in steps))
     latency = stream["latency"] or {}
     print(f"30 Hz stream: published {stream['published']} at {stream['publish_rate_hz']:.1f} Hz, processed "

@@ -13,6 +13,10 @@ Per frame, in this order (each stage a small function below, the class last):
 5. **normalise**: undistorted normalised coordinates when intrinsics are given (``kp2d_model.camera``).
 6. **velocity**: normalised-coordinate velocity per second of each carried point (VINS-Fusion's definition).
 
+:meth:`FramePipeline.step` is :meth:`FramePipeline.detect` (stage 1, the network; no pipeline state) followed by
+:meth:`FramePipeline.finish` (stages 2-6, in frame order): the detector node runs the two on two threads, so
+the next frame's network runs while this one is matched and published.
+
 A stamp earlier than the previous frame's resets the pipeline (no matching, fresh track ids continue from the
 next unused id); the record says so (``reset``). ``vins_features`` selects the tracked inliers of a record in
 VINS-Fusion's feature_tracker layout.
@@ -49,6 +53,7 @@ from kp2d_model.tracks import TrackIds, carry_tracks
 
 __all__ = [
     "GEOMETRY_MODELS",
+    "Detected",
     "FramePipeline",
     "FrameRecord",
     "MaskSizeError",
@@ -160,6 +165,20 @@ class _Previous:
     descriptors: torch.Tensor  # (N, D)
     tracks: TrackIds
     normalized: np.ndarray | None  # (N, 2) float64, None without intrinsics
+
+
+@dataclass(frozen=True)
+class Detected:
+    """One frame after stage 1 alone (:meth:`FramePipeline.detect`), waiting for :meth:`FramePipeline.finish`.
+
+    image_size ``(W, H)``; points ``(N, 2)`` float32 px, scores ``(N,)`` float32, descriptors ``(N, D)`` torch on
+    the detector's device; inference_ms: the detector call."""
+
+    image_size: tuple[int, int]
+    points: np.ndarray
+    scores: np.ndarray
+    descriptors: torch.Tensor
+    inference_ms: float
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
@@ -356,16 +375,42 @@ class FramePipeline:
         ``camera_rotation``); used with ``intrinsics`` (ignored without them: no prediction, unrestricted
         matching) to predict the previous points and, with ``config.match.prediction_radius``, restrict matching
         to that radius around the predictions. Raises ``MotionPredictionError`` for a rotation that is not one."""
+        if rotation is not None:
+            check_rotation(rotation)  # before detecting: a bad rotation costs no network run
+        detected = self.detect(image, channel_order=channel_order, config=config)
+        return self.finish(detected, stamp_ns, intrinsics=intrinsics, config=config, rotation=rotation)
+
+    def detect(
+        self, image: np.ndarray, *, channel_order: str = "rgb", config: PipelineConfig | None = None
+    ) -> Detected:
+        """Stage 1 alone (the detector: the network): reads no pipeline state and changes none, so it may run on
+        one thread while the previous frame is in :meth:`finish` on another. Raises ``ImageFormatError`` /
+        ``MaskSizeError`` as ``step``."""
         config = config or self.config
         height, width = image.shape[:2]
+        points, scores, descriptors, inference_ms = detect(self.detector, image, channel_order, config)
+        return Detected((width, height), points, scores, descriptors, inference_ms)
+
+    def finish(
+        self,
+        detected: Detected,
+        stamp_ns: int,
+        *,
+        intrinsics: Intrinsics | None = None,
+        config: PipelineConfig | None = None,
+        rotation: np.ndarray | None = None,
+    ) -> FrameRecord:
+        """Stages 2-6 for a :meth:`detect` result (call in frame order; ``step`` = ``detect`` then ``finish``):
+        matching against the previous finished frame, geometry, tracks, normalisation, velocity; then this
+        frame becomes the previous one. Arguments as ``step``; ``config`` should be the one given to ``detect``."""
+        config = config or self.config
         previous = self._previous
         reset = previous is not None and stamp_ns < previous.stamp_ns
         if reset:
             previous = None
-
         if rotation is not None:
-            rotation = check_rotation(rotation)  # before detecting: a bad rotation leaves the state unchanged
-        points, scores, descriptors, inference_ms = detect(self.detector, image, channel_order, config)
+            rotation = check_rotation(rotation)
+        points, scores, descriptors = detected.points, detected.scores, detected.descriptors
         previous_normalized_points = previous_normalized(previous, intrinsics)
         predicted = predict_previous(previous_normalized_points, rotation, intrinsics)
         previous_index, current_index, distance = match_previous(previous, descriptors, config.match, predicted, points)
@@ -387,7 +432,7 @@ class FramePipeline:
         self._previous = _Previous(stamp_ns, points, descriptors, tracks, normalized)
         return FrameRecord(
             stamp_ns=stamp_ns,
-            image_size=(width, height),
+            image_size=detected.image_size,
             points=points,
             scores=scores,
             descriptors=descriptors,
@@ -403,7 +448,7 @@ class FramePipeline:
             normalized=normalized,
             velocity=velocity,
             reset=reset,
-            inference_ms=inference_ms,
+            inference_ms=detected.inference_ms,
             predicted_points=predicted,
         )
 

@@ -52,6 +52,32 @@ def _as_descriptor_tensor(desc: Any, name: str) -> torch.Tensor:
     return desc
 
 
+def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(N, M)`` float32 squared L2 distances ``|a_i|^2 + |b_j|^2 - 2 a_i . b_j`` of ``a (N, D)``, ``b (M, D)``.
+
+    One matrix product of augmented rows ``[a_i, |a_i|^2, 1, 0...] . [-2 b_j, 1, |b_j|^2, 0...]`` (width padded
+    to a multiple of 16 floats for the GEMM kernels): the norms ride in the product instead of two more passes
+    over the N x M result (1000 x 1000 x 256 on 2 CPU threads: about half the time of the three-term sum).
+    The same float32 quantity as the sum, rounded in another order (error ``<= (D + 2) u (|a|^2 + |b|^2 +
+    2 |a| |b|)`` either way, u = 2^-24)."""
+    dim = a.shape[1]
+    width = -(-(dim + 2) // 16) * 16
+    a_rows = a.new_zeros((a.shape[0], width))
+    a_rows[:, :dim] = a
+    a_rows[:, dim] = (a * a).sum(1)
+    a_rows[:, dim + 1] = 1.0
+    b_rows = b.new_zeros((b.shape[0], width))
+    torch.mul(b, -2.0, out=b_rows[:, :dim])
+    b_rows[:, dim] = 1.0
+    b_rows[:, dim + 1] = (b * b).sum(1)
+    return a_rows @ b_rows.T
+
+
+def pair_distances(a: torch.Tensor, b: torch.Tensor, index_a: torch.Tensor, index_b: torch.Tensor) -> torch.Tensor:
+    """``(K,)`` L2 distances ``|a[index_a[k]] - b[index_b[k]]|`` computed directly (no cancellation near 0)."""
+    return torch.linalg.vector_norm(a[index_a] - b[index_b], dim=1)
+
+
 def match_descriptors(
     desc_a: Any,
     desc_b: Any,
@@ -87,23 +113,30 @@ def match_descriptors(
             index_b, distance = index_a.clone(), torch.zeros(0, dtype=torch.float32, device=a.device)
         else:
             a, b = a.float(), b.float()
-            # Squared L2 distances via one matrix product; square roots only for the selected neighbours.
-            squared = (a * a).sum(1, keepdim=True) + (b * b).sum(1) - 2.0 * (a @ b.T)
+            squared = squared_distances(a, b)
             if allowed is not None:
                 allowed = torch.as_tensor(allowed, dtype=torch.bool, device=a.device)
                 if allowed.shape != squared.shape:
                     raise MatchingError(f"allowed: expected shape {tuple(squared.shape)}, got {tuple(allowed.shape)}")
                 squared = squared.masked_fill(~allowed, float("inf"))
-            nearest = torch.topk(squared, k=min(2, b.shape[0]), dim=1, largest=False, sorted=True)
-            nearest_distances = nearest.values.clamp_min(0).sqrt()
+            use_ratio = ratio is not None and b.shape[0] > 1
+            if use_ratio:  # the second nearest too (topk costs ~1.6x a plain minimum)
+                nearest = torch.topk(squared, k=2, dim=1, largest=False, sorted=True)
+                nearest_squared, index_b = nearest.values[:, 0], nearest.indices[:, 0]
+                second_squared, second = nearest.values[:, 1], nearest.indices[:, 1]
+            else:
+                nearest_squared, index_b = squared.min(dim=1)  # the first minimum on ties (documented)
             index_a = torch.arange(a.shape[0], device=a.device)
-            index_b = nearest.indices[:, 0]
-            distance = nearest_distances[:, 0]
-            keep = torch.isfinite(distance) if allowed is not None else torch.ones_like(index_a, dtype=torch.bool)
-            if mutual:
-                keep &= squared.argmin(dim=0)[index_b] == index_a
-            if ratio is not None and b.shape[0] > 1:
-                keep &= distance < ratio * nearest_distances[:, 1]
+            keep = torch.isfinite(nearest_squared)  # False only for a row without any allowed candidate
+            if mutual:  # min(dim=0) gives the indices faster than argmin(dim=0) on the CPU
+                keep &= squared.min(dim=0).indices[index_b] == index_a
+            index_a, index_b = index_a[keep], index_b[keep]
+            distance = pair_distances(a, b, index_a, index_b)
+            keep = torch.ones_like(distance, dtype=torch.bool)
+            if use_ratio:  # without a second allowed candidate (inf) the test passes, as with a single candidate
+                second_distance = pair_distances(a, b, index_a, second[index_a])
+                second_distance = second_distance.masked_fill(~torch.isfinite(second_squared[index_a]), float("inf"))
+                keep &= distance < ratio * second_distance
             if max_distance is not None:
                 keep &= distance <= max_distance
             index_a, index_b, distance = index_a[keep], index_b[keep], distance[keep]

@@ -5,10 +5,12 @@ Subscribes ``image`` (sensor_msgs/Image), optionally ``<image>/compressed`` and 
 built while subscribed) and ``/diagnostics``. Output headers are the source image's header.
 
 Latest-frame processing: subscription callbacks only store the newest frame in a one-slot buffer (a frame
-that replaces an unprocessed one is counted as dropped); a worker thread converts the message, runs one
-``kp2d_model.frame_pipeline.FramePipeline.step`` (network on the GPU when present, matching against the previous
-processed frame on the same device, geometry, track ids, normalised coordinates) and publishes the record.
-The executor thread stays free for parameter services while the worker runs inference.
+that replaces an unprocessed one is counted as dropped). Two worker threads share a frame's work
+(``kp2d_model.frame_pipeline.FramePipeline.step`` split in two): the detect thread converts the message and runs
+``FramePipeline.detect`` (the network, on the GPU when present); the finish thread runs ``FramePipeline.finish``
+(matching against the previous processed frame on the same device, geometry, track ids, normalised
+coordinates) and publishes, in frame order, while the detect thread runs the next frame's network. One
+detected frame at most waits between them. The executor thread stays free for parameter services.
 Bad input (any frame) gives a throttled, specific warning and the node goes on with the next frame.
 Frames the camera sent that never arrive (camera_info stamps without their image, gaps in image stamps) give a
 throttled "frames lost in transport" warning and a diagnostics count (``kp2d_ros.frame_loss``).
@@ -17,10 +19,12 @@ Parameters: see ``docs/ros.md`` and ``config/detector.yaml``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -38,6 +42,7 @@ from kp2d_model.camera import Intrinsics
 from kp2d_model.checkpoint import default_checkpoint_path
 from kp2d_model.engines import BackendName, Precision
 from kp2d_model.frame_pipeline import (
+    Detected,
     FramePipeline,
     FrameRecord,
     MaskSizeError,
@@ -91,6 +96,14 @@ BACKENDS = tuple(b.value for b in BackendName)
 WARN_PERIOD_S = 5.0
 FRAME_LOSS_CHECK_PERIOD_S = 1.0
 FRAME_LOSS_DOCS = "docs/ros.md, 'Large images over Fast DDS'"
+# Where a processed frame's time beyond the detector call goes (diagnostics "overhead part mean (ms): <name>").
+OVERHEAD_PARTS = {
+    "wait": "receipt until the detect thread takes the frame",
+    "conversion": "message to image array",
+    "handoff": "network done until the finish thread takes the frame",
+    "matching": "camera_info check, IMU rotation, FramePipeline.finish (matching, geometry, tracks, normalised)",
+    "publishing": "messages built and published, track history, debug image",
+}
 
 
 def _settings_value(name: str, value: Any) -> Any:
@@ -234,6 +247,19 @@ class Frame:
     received_ns: int  # time.monotonic_ns() at receipt
 
 
+@dataclass
+class DetectedFrame:
+    """A frame past the network (the detect thread), waiting for the finish thread."""
+
+    frame: Frame
+    settings: Settings  # the snapshot the frame was detected with; it is finished with the same one
+    image: ConvertedImage
+    detected: Detected
+    taken_ns: int  # time.monotonic_ns() when the detect thread took the frame
+    conversion_ms: float
+    detected_ns: int  # time.monotonic_ns() when the network was done
+
+
 class LatestFrameSlot:
     """One-slot buffer: ``put`` replaces an unprocessed frame (counted as dropped), ``take`` waits for one."""
 
@@ -263,6 +289,37 @@ class LatestFrameSlot:
             self._condition.notify_all()
 
 
+class FinishHandoff:
+    """The detect thread hands a detected frame to the finish thread: ``put`` waits until the finish thread is
+    done with the previous frame (so no detected frame ever waits behind another), ``take`` waits for a frame and
+    ``done`` says it has been finished. Both waits time out (False / None) so the threads can see a shutdown."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._frame: DetectedFrame | None = None
+        self._finishing = False
+
+    def put(self, frame: DetectedFrame, timeout: float) -> bool:
+        with self._condition:
+            if not self._condition.wait_for(lambda: self._frame is None and not self._finishing, timeout):
+                return False
+            self._frame = frame
+            self._condition.notify_all()
+            return True
+
+    def take(self, timeout: float) -> DetectedFrame | None:
+        with self._condition:
+            if not self._condition.wait_for(lambda: self._frame is not None, timeout):
+                return None
+            frame, self._frame, self._finishing = self._frame, None, True
+            return frame
+
+    def done(self) -> None:
+        with self._condition:
+            self._finishing = False
+            self._condition.notify_all()
+
+
 class Statistics:
     """Counters and timings since the last diagnostics report (thread-safe)."""
 
@@ -271,6 +328,7 @@ class Statistics:
         self.received = self.processed = self.rejected = self.failed = 0
         self.latency_ms: list[float] = []
         self.inference_ms: list[float] = []
+        self.overhead_parts_ms: dict[str, list[float]] = {}  # OVERHEAD_PARTS name -> one value per frame
         self.last_received_ns = 0
 
     def count_received(self) -> None:
@@ -282,11 +340,15 @@ class Statistics:
         with self._lock:
             setattr(self, what, getattr(self, what) + 1)
 
-    def add_processed(self, latency_ms: float, inference_ms: float) -> None:
+    def add_processed(self, latency_ms: float, inference_ms: float, parts_ms: dict[str, float] | None = None) -> None:
+        """One processed frame: receipt-to-published latency, the detector call and (optionally) where the rest of
+        the latency went (``OVERHEAD_PARTS`` name -> ms)."""
         with self._lock:
             self.processed += 1
             self.latency_ms.append(latency_ms)
             self.inference_ms.append(inference_ms)
+            for name, value in (parts_ms or {}).items():
+                self.overhead_parts_ms.setdefault(name, []).append(value)
 
     def take(self) -> dict[str, Any]:
         """Counters since the last call, then reset."""
@@ -298,10 +360,11 @@ class Statistics:
                 "failed": self.failed,
                 "latency_ms": self.latency_ms,
                 "inference_ms": self.inference_ms,
+                "overhead_parts_ms": self.overhead_parts_ms,
                 "last_received_ns": self.last_received_ns,
             }
             self.received = self.processed = self.rejected = self.failed = 0
-            self.latency_ms, self.inference_ms = [], []
+            self.latency_ms, self.inference_ms, self.overhead_parts_ms = [], [], {}
             return snapshot
 
 
@@ -387,8 +450,16 @@ class DetectorNode(Node):
             self.get_logger().warning(buffer_warning)
 
         self._running = True
-        self._worker = threading.Thread(target=self._work, name="kp2d_detector_worker", daemon=True)
+        # Two worker threads, one frame each at most (docs/ros.md, "Frame path"): the detect thread converts and
+        # runs the network; the finish thread matches, publishes and counts, in frame order, while the detect
+        # thread runs the next frame's network. The detect thread hands a frame over only once the finish thread is
+        # done with the previous one: no detected frame waits behind another (newer frames wait, and are dropped,
+        # in _slot), so at most three frames are in the node: pending, in the network, being finished.
+        self._handoff = FinishHandoff()
+        self._worker = threading.Thread(target=self._detect_loop, name="kp2d_detector_detect", daemon=True)
+        self._finisher = threading.Thread(target=self._finish_loop, name="kp2d_detector_finish", daemon=True)
         self._worker.start()
+        self._finisher.start()
         self.get_logger().info(
             f"ready: model {self._model_name}, device {self._device}, network input {self._network_input()}, "
             f"engine {getattr(self._detector, 'engine_choice', 'given')}, "
@@ -537,35 +608,57 @@ class DetectorNode(Node):
             self.get_logger().info(f"parameters changed: {', '.join(f'{n}={v!r}' for n, v in changes.items())}")
         return SetParametersResult(successful=True)
 
-    # --- worker thread -----------------------------------------------------------------------------
+    # --- worker threads ----------------------------------------------------------------------------
 
-    def _work(self) -> None:
+    def _detect_loop(self) -> None:
+        """The detect thread: newest frame -> conversion -> network -> handed to the finish thread."""
         while not self._shutting_down():
             frame = self._slot.take(timeout=0.2)
             if frame is None or self._shutting_down():
                 continue
+            with self._frame_errors():
+                detected = self._detect(frame)
+                while not self._shutting_down() and not self._handoff.put(detected, timeout=0.2):
+                    pass  # the finish thread still holds the previous frame
+
+    def _finish_loop(self) -> None:
+        """The finish thread: detected frames in order -> matching, tracks -> published and counted."""
+        while not self._shutting_down():
+            detected = self._handoff.take(timeout=0.2)
+            if detected is None:
+                continue
             try:
-                self._process(frame)
-            except ImageInputError as error:
-                self._stats.count("rejected")
-                self._warn(f"image:{error.kind}", f"frame skipped: {error}")
-            except MaskSizeError as error:
-                self._stats.count("rejected")
-                self._warn("image:mask_size", f"frame skipped: {error} (parameter 'mask')")
-            except ImageFormatError as error:  # the detector refused the image (e.g. thinner than one cell)
-                self._stats.count("rejected")
-                self._warn("image:refused_by_detector", f"frame skipped: {error}")
-            except torch.OutOfMemoryError as error:
-                self._stats.count("failed")
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                self._warn("oom", f"frame skipped: out of memory on {self._device} ({str(error).splitlines()[0]}); "
-                           "consider input_width/input_height, top_k or half")  # fmt: skip
-            except Exception as error:  # a model failure on one frame must not stop the node
-                if self._shutting_down():
-                    return  # Ctrl-C while this frame was in flight: its publishers are gone, a normal stop
-                self._stats.count("failed")
-                self._warn(f"failure:{type(error).__name__}", f"frame skipped: processing failed: {error!r}")
+                with self._frame_errors():
+                    self._finish(detected)
+            finally:
+                self._handoff.done()
+
+    @contextlib.contextmanager
+    def _frame_errors(self) -> Iterator[None]:
+        """Around one frame's work on either thread: bad input or a model failure is counted and warned about
+        (throttled), and the node goes on with the next frame."""
+        try:
+            yield
+        except ImageInputError as error:
+            self._stats.count("rejected")
+            self._warn(f"image:{error.kind}", f"frame skipped: {error}")
+        except MaskSizeError as error:
+            self._stats.count("rejected")
+            self._warn("image:mask_size", f"frame skipped: {error} (parameter 'mask')")
+        except ImageFormatError as error:  # the detector refused the image (e.g. thinner than one cell)
+            self._stats.count("rejected")
+            self._warn("image:refused_by_detector", f"frame skipped: {error}")
+        except torch.OutOfMemoryError as error:
+            self._stats.count("failed")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self._warn("oom", f"frame skipped: out of memory on {self._device} ({str(error).splitlines()[0]}); "
+                       "consider input_width/input_height, top_k or half")  # fmt: skip
+        except Exception as error:  # a model failure on one frame must not stop the node
+            if self._shutting_down():
+                return  # Ctrl-C while this frame was in flight: its publishers are gone, a normal stop
+            self._stats.count("failed")
+            self._warn(f"failure:{type(error).__name__}", f"frame skipped: processing failed: {error!r}")
 
     def _shutting_down(self) -> bool:
         """The node is being stopped, or its context was shut down (Ctrl-C: rclpy's signal handler)."""
@@ -583,22 +676,33 @@ class DetectorNode(Node):
             self._warn(f"camera_info:{error.kind}", str(error))
             return None
 
-    def _process(self, frame: Frame) -> None:
-        """Convert -> pipeline step -> publish (keypoints, matches, debug image) and count."""
+    def _detect(self, frame: Frame) -> DetectedFrame:
+        """Convert the message and run the network (the detect thread)."""
+        taken_ns = time.monotonic_ns()
         settings = self._settings
-        header = frame.msg.header
         image = message_to_array(frame.msg, settings.max_image_pixels, self._detector)
-        height, width = image.pixels.shape[:2]
+        conversion_ms = (time.monotonic_ns() - taken_ns) / 1e6
+        config = pipeline_config_from_settings(settings)
+        detected = self._pipeline.detect(image.pixels, channel_order=image.channel_order, config=config)
+        return DetectedFrame(frame, settings, image, detected, taken_ns, conversion_ms, time.monotonic_ns())
+
+    def _finish(self, job: DetectedFrame) -> None:
+        """Pipeline stages after the network -> publish (keypoints, matches, debug image) and count (the finish
+        thread, in frame order)."""
+        started_ns = time.monotonic_ns()
+        frame, settings, image = job.frame, job.settings, job.image
+        header = frame.msg.header
+        width, height = job.detected.image_size
         previous_stamp_ns = self._pipeline.previous_stamp_ns
         intrinsics = self._intrinsics(frame, (width, height))
-        record = self._pipeline.step(
-            image.pixels,
+        record = self._pipeline.finish(
+            job.detected,
             stamp_ns(header.stamp),
-            channel_order=image.channel_order,
             intrinsics=intrinsics,
             config=pipeline_config_from_settings(settings),
             rotation=self._frame_rotation(previous_stamp_ns, stamp_ns(header.stamp), intrinsics),
         )
+        finished_ns = time.monotonic_ns()
         if record.reset:
             self._warn(
                 "stamp_backwards",
@@ -616,7 +720,15 @@ class DetectorNode(Node):
         self._history.add(record.tracks.ids, record.points)
         if settings.debug_image and self._debug_pub.get_subscription_count() > 0:
             self._publish_debug_image(header, image, record.points, record.tracks.lengths)
-        self._stats.add_processed((time.monotonic_ns() - frame.received_ns) / 1e6, record.inference_ms)
+        published_ns = time.monotonic_ns()
+        parts_ms = {
+            "wait": (job.taken_ns - frame.received_ns) / 1e6,
+            "conversion": job.conversion_ms,
+            "handoff": (started_ns - job.detected_ns) / 1e6,
+            "matching": (finished_ns - started_ns) / 1e6,
+            "publishing": (published_ns - finished_ns) / 1e6,
+        }
+        self._stats.add_processed((published_ns - frame.received_ns) / 1e6, record.inference_ms, parts_ms)
 
     def _publish_vins_features(self, header: Any, record: FrameRecord) -> None:
         """~/features for VINS-Fusion: the tracked keypoints (length >= 2); nothing when there are none (the first
@@ -724,6 +836,9 @@ class DetectorNode(Node):
         stat.add("inference mean (ms)", f"{np.mean(inference):.1f}" if inference else "n/a")
         overhead = np.subtract(latency, inference)  # waiting for the worker, conversion, matching, messages
         stat.add("overhead mean (ms, latency minus inference)", f"{np.mean(overhead):.2f}" if inference else "n/a")
+        parts = snapshot["overhead_parts_ms"]
+        for name in OVERHEAD_PARTS:
+            stat.add(f"overhead part mean (ms): {name}", f"{np.mean(parts[name]):.2f}" if parts.get(name) else "n/a")
         stat.add("processed frames", snapshot["processed"])
         stat.add("seconds since last image", f"{idle_s:.1f}" if idle_s is not None else "never")
         stat.add("debug images published", self._debug_images_published)
@@ -747,8 +862,9 @@ class DetectorNode(Node):
         # A constructor that failed part-way (bad model) has no slot or worker yet: nothing to stop.
         if hasattr(self, "_slot"):
             self._slot.close()
-        if hasattr(self, "_worker") and self._worker.is_alive():
-            self._worker.join(timeout=10.0)
+        for thread in (getattr(self, "_worker", None), getattr(self, "_finisher", None)):
+            if thread is not None and thread.is_alive():
+                thread.join(timeout=10.0)
         super().destroy_node()
 
 

@@ -190,3 +190,28 @@ def test_detector_keyword_overrides_equal_the_same_settings_given_at_constructio
 
     with pytest.raises(ImageFormatError, match=r"mask is 10 x 10 pixels but images\[0\] is 320 x 240"):
         detector(pan.frames[0], mask=np.ones((10, 10), np.uint8))
+
+
+def test_detecting_the_next_frame_before_finishing_this_one_gives_the_records_of_step(detector, pan):
+    """The detector node's overlap: detect(n + 1) runs while frame n is in finish(); the records equal step()'s."""
+    stepped = FramePipeline(detector, PipelineConfig(top_k=300))
+    expected = [stepped.step(frame, k * FRAME_NS, channel_order="bgr", intrinsics=PINHOLE)
+                for k, frame in enumerate(pan.frames[:3])]  # fmt: skip
+
+    split = FramePipeline(detector, PipelineConfig(top_k=300))
+    detected = split.detect(pan.frames[0], channel_order="bgr")
+    records = []
+    for k in range(3):
+        following = split.detect(pan.frames[k + 1], channel_order="bgr") if k < 2 else None
+        assert split.previous_stamp_ns == (None if k == 0 else (k - 1) * FRAME_NS)  # detect left the state alone
+        records.append(split.finish(detected, k * FRAME_NS, intrinsics=PINHOLE))
+        detected = following
+
+    for got, want in zip(records, expected, strict=True):
+        assert got.stamp_ns == want.stamp_ns and got.previous_stamp_ns == want.previous_stamp_ns
+        assert got.image_size == want.image_size == SIZE
+        for name in ("points", "scores", "previous_index", "current_index", "distance", "normalized"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+        np.testing.assert_array_equal(got.tracks.ids, want.tracks.ids)
+        np.testing.assert_array_equal(got.tracks.lengths, want.tracks.lengths)
+    assert len(records[2].current_index) > 100

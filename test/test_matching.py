@@ -185,3 +185,114 @@ def test_bad_point_inputs_raise_clear_errors(points_a, points_b, message):
 def test_unknown_model_is_rejected():
     with pytest.raises(MatchingError, match="affine"):
         verify_geometry(np.zeros((5, 2)), np.zeros((5, 2)), model="affine")
+
+
+# --- float32 matching decides as exact arithmetic wherever float32 rounding cannot flip the decision -------------
+
+UNIT_ROUNDING = 2.0**-24  # float32
+
+
+def gamma(n: int) -> float:
+    """Higham's gamma_n = n u / (1 - n u): bound on the relative error of an n-term float32 sum of products, in
+    any summation order (blocked GEMM kernels, FMA, pairwise reductions alike)."""
+    return n * UNIT_ROUNDING / (1 - n * UNIT_ROUNDING)
+
+
+def exact_decisions(desc_a: np.ndarray, desc_b: np.ndarray, ratio: float | None, max_distance: float | None):
+    """Float64 brute force of ``match_descriptors`` (mutual check on) -> (pairs {i: (j, distance)} expected, rows
+    whose every decision float32 rounding of the function cannot flip).
+
+    The function's squared distances are float32 sums of D + 2 products (``squared_distances``: ``[a, |a|^2, 1]
+    . [-2 b, 1, |b|^2]``, norms rounded as D-term sums), so ``|S32 - S| <= E = gamma_{D+2} (|a|^2 + |b|^2 +
+    2 sum |a_k b_k|) + gamma_D (|a|^2 + |b|^2)``; a nearest neighbour is decided when the gap to the second
+    exceeds twice the largest E of its row (column). Distances of kept pairs are computed directly
+    (``|a - b|``, relative error <= gamma_{D+4}), so a ratio / max_distance test is decided when its two sides
+    differ by more than twice that."""
+    a, b = desc_a.astype(np.float64), desc_b.astype(np.float64)
+    dim = a.shape[1]
+    norms_a, norms_b = (a * a).sum(1), (b * b).sum(1)
+    squared = norms_a[:, None] + norms_b[None, :] - 2.0 * a @ b.T
+    bound = gamma(dim + 2) * (norms_a[:, None] + norms_b[None, :] + 2.0 * np.abs(a) @ np.abs(b).T)
+    bound += gamma(dim) * (norms_a[:, None] + norms_b[None, :])
+    rows, columns = np.sort(squared, axis=1), np.sort(squared, axis=0)
+    row_decided = rows[:, 1] - rows[:, 0] > 2 * bound.max(1)
+    column_decided = columns[1] - columns[0] > 2 * bound.max(0)
+    nearest_b, nearest_a = squared.argmin(1), squared.argmin(0)
+    distance = np.sqrt(np.maximum(squared, 0.0))
+    relative = 2 * gamma(dim + 4)
+    expected, decided = {}, []
+    for i, j in enumerate(nearest_b):
+        known = row_decided[i] and column_decided[j]
+        keep = nearest_a[j] == i
+        d1 = distance[i, j]
+        if ratio is not None:
+            d2 = np.sqrt(max(rows[i, 1], 0.0))
+            known &= rows[i, 2] - rows[i, 1] > 2 * bound[i].max()  # the second nearest is decided too
+            known &= abs(d1 - ratio * d2) > relative * (d1 + ratio * d2)
+            keep &= d1 < ratio * d2
+        if max_distance is not None:
+            known &= abs(d1 - max_distance) > relative * d1
+            keep &= d1 <= max_distance
+        if known:
+            decided.append(i)
+            if keep:
+                expected[i] = (int(j), d1)
+    return expected, np.array(decided)
+
+
+@pytest.fixture(scope="module")
+def detector_descriptors():
+    """Descriptors of two 640 x 480 frames of a panning camera (the bundled model, fp32, top 1000 each)."""
+    from kp2d_model import KeypointDetector
+    from kp2d_model.evaluation.synthetic import held_out_photos, read_photo
+    from kp2d_model.track_bench.sequences import make_sequence
+
+    sequence = make_sequence(read_photo(held_out_photos()[0].path), "pan", 2, (640, 480))
+    detector = KeypointDetector(device="cpu", top_k=1000, precision="fp32")
+    first, second = (detector(frame).descriptors.numpy() for frame in sequence.frames[:2])
+    return first, second
+
+
+def random_descriptor_pair(rng: np.random.Generator, count: int = 1000, dim: int = 256):
+    """``count`` random unit descriptors; noisy copies of 70 % of them among fresh ones, shuffled, with norms from
+    0.8 to 1.25 (the norms must count, not only the dot products)."""
+    desc_a = unit_descriptors(rng, count, dim)
+    copies = int(0.7 * count)
+    noisy = desc_a[:copies] + rng.normal(scale=0.05, size=(copies, dim)).astype(np.float32)
+    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    desc_b = np.concatenate([noisy, unit_descriptors(rng, count - copies, dim)])
+    desc_b *= rng.uniform(0.8, 1.25, size=(count, 1)).astype(np.float32)
+    return desc_a, desc_b[rng.permutation(count)]
+
+
+@pytest.mark.parametrize("source", ["detector", "random"])
+@pytest.mark.parametrize(("ratio", "max_distance"), [(None, None), (0.9, None), (None, 0.8), (0.8, 1.0)])
+def test_fast_matching_equals_the_float64_brute_force_wherever_float32_can_decide(
+    request, source, ratio, max_distance
+):
+    if source == "detector":
+        desc_a, desc_b = request.getfixturevalue("detector_descriptors")
+    else:
+        desc_a, desc_b = random_descriptor_pair(np.random.default_rng(11))
+    matches = match_descriptors(torch.from_numpy(desc_a), torch.from_numpy(desc_b), ratio=ratio,
+                                max_distance=max_distance)  # fmt: skip
+    expected, decided = exact_decisions(desc_a, desc_b, ratio, max_distance)
+    assert len(decided) > 0.9 * len(desc_a)  # the comparison covers nearly every row
+    found = {int(i): (int(j), float(d)) for i, j, d in zip(matches.index_a, matches.index_b, matches.distance,
+                                                           strict=True)}  # fmt: skip
+    found_decided = {i: found[i] for i in decided if i in found}
+    assert sorted(found_decided) == sorted(expected)
+    assert all(found_decided[i][0] == expected[i][0] for i in expected)
+    distances = np.array([[found_decided[i][1], expected[i][1]] for i in expected]).reshape(-1, 2)
+    np.testing.assert_allclose(distances[:, 0], distances[:, 1], rtol=2 * gamma(desc_a.shape[1] + 4), atol=0)
+    assert len(expected) > 100  # matches exist in this setting
+
+
+def test_exact_duplicates_match_at_distance_zero_and_ties_go_to_the_first_index():
+    rng = np.random.default_rng(12)
+    desc_a = unit_descriptors(rng, 50, 256)
+    desc_b = np.concatenate([desc_a[:1], desc_a])  # b0 and b1 are both a0
+    matches = match_descriptors(desc_a, desc_b, mutual=False)
+    assert matches.index_b[0] == 0 and matches.distance[0] == 0.0
+    np.testing.assert_array_equal(matches.index_b[1:], np.arange(2, 51))
+    assert (matches.distance == 0).all()

@@ -8,6 +8,7 @@ previous test's, so no test sees another's frames as going backwards.
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from typing import Any
 
@@ -305,7 +306,59 @@ def test_debug_image_is_built_only_while_subscribed(detector):
     wait_until(lambda: (latest_count() or 0) >= 1, 10.0, "the debug image count in /diagnostics")
 
 
+def test_diagnostics_split_the_overhead_into_its_parts(detector):
+    """Every part of a frame's time beyond the detector call is reported, each >= 0, and they add up to no more
+    than the overhead (latency minus inference) of the same window."""
+    from kp2d_ros.detector_node import OVERHEAD_PARTS
+
+    diagnostics = detector.ros.subscribe(DiagnosticArray, "/diagnostics")
+    overhead_key = "overhead mean (ms, latency minus inference)"
+
+    def window_with_one_frame() -> DiagnosticArray | None:
+        return next((m for m in reversed(diagnostics.snapshot())
+                     if diagnostics_value(m, detector.name, "processed frames") == "1"), None)  # fmt: skip
+
+    report = None
+    for _ in range(3):  # a window may hold two frames (or none) when the publishing straddles a report
+        detector.keypoints_for(detector.publish())
+        time.sleep(2.5)  # two reports (1 Hz) after the frame
+        report = window_with_one_frame()
+        if report is not None:
+            break
+    assert report is not None, "no diagnostics window with exactly one processed frame"
+    parts = {name: float(diagnostics_value(report, detector.name, f"overhead part mean (ms): {name}"))
+             for name in OVERHEAD_PARTS}  # fmt: skip
+    overhead = float(diagnostics_value(report, detector.name, overhead_key))
+    assert all(value >= 0 for value in parts.values()), parts
+    assert parts["matching"] > 0 and parts["publishing"] > 0, parts
+    # The parts leave out only the detect() call's own work beyond the network (config, arrays to NumPy).
+    assert sum(parts.values()) <= overhead + 0.03, (parts, overhead)  # 0.03: six values rounded to 0.01 ms
+
+
 # --- latest-frame processing ----------------------------------------------------------------------------------
+
+
+def test_the_finish_handoff_never_lets_a_detected_frame_wait_behind_another():
+    """The detect thread hands a frame over only when the finish thread is done with the previous one."""
+    from kp2d_ros.detector_node import FinishHandoff
+
+    handoff = FinishHandoff()
+    assert handoff.take(timeout=0.01) is None
+    assert handoff.put("frame 1", timeout=0.01)
+    assert not handoff.put("frame 2", timeout=0.05), "frame 1 is not taken yet"
+    assert handoff.take(timeout=0.01) == "frame 1"
+    assert not handoff.put("frame 2", timeout=0.05), "frame 1 is still being finished"
+    handoff.done()
+    assert handoff.put("frame 2", timeout=0.01) and handoff.take(timeout=0.01) == "frame 2"
+
+    handed = threading.Event()  # a put waiting for the finish thread goes through as soon as it is done
+    waiting = threading.Thread(target=lambda: handoff.put("frame 3", timeout=5.0) and handed.set())
+    waiting.start()
+    time.sleep(0.1)
+    assert not handed.is_set()
+    handoff.done()
+    waiting.join(5.0)
+    assert handed.is_set() and handoff.take(timeout=0.01) == "frame 3"
 
 
 def test_a_burst_faster_than_inference_is_dropped_not_queued(detector):
