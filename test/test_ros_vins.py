@@ -172,6 +172,13 @@ def test_features_reproject_through_the_lens_distortion(detector, ros):
     ros.wait_for_subscribers(image_pub)
     camera = PhotoCamera(cv2.imread(str(default_photo())), (WIDTH, HEIGHT), speed=2.0)
     start = time.time() + 1000.0  # later than camera_sim's wall-clock stamps
+    # The node keeps the latest CameraInfo, an earlier test's pinhole one until a distorted one arrives: send it
+    # for a second before the first image (best effort: one message can be lost or beat discovery under load).
+    for _ in range(10):
+        info = camera_info_message(WIDTH, HEIGHT, Header(stamp=stamp(start - 1.0), frame_id="distorted"))
+        info.d = to_array("d", d)
+        info_pub.publish(info)
+        time.sleep(0.1)
     cloud = None
     for index in range(8):  # two consecutive processed frames give a cloud (frames can be dropped)
         header = Header(stamp=stamp(start + index), frame_id="distorted")
