@@ -389,6 +389,9 @@ def _float_graph_outputs(model: Any) -> None:
         producer.output[list(producer.output).index(quantize.input[0])] = graph_output.name
         model.graph.node.remove(quantize)
         model.graph.node.remove(dequantize)
+    used = {name for node in model.graph.node for name in node.input}
+    for initializer in [tensor for tensor in model.graph.initializer if tensor.name not in used]:
+        model.graph.initializer.remove(initializer)  # the pair's scale and zero point: unused now
 
 
 def cached_int8_graph(fp32_path: str | Path, calibration_batches: Sequence[np.ndarray]) -> Path:

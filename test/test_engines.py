@@ -206,6 +206,8 @@ def test_int8_calibration_quantises_the_convolutions_and_is_cached(checkpoint_pa
     assert all(conv.input[1] in initializers and conv.input[1] not in producers for conv in head_convs)
     # the outputs stay float32 straight from their convolutions: the descriptor map is not rounded to 256 levels
     assert {producers[output.name].op_type for output in model.graph.output} == {"Conv", "Sigmoid", "Tanh"}
+    read = {name for node in model.graph.node for name in node.input}
+    assert initializers <= read  # no orphaned scale / zero point left (ONNX Runtime warns about them)
     metadata = engines.read_onnx_metadata(graph)
     assert (metadata["precision"], metadata["calibration_images"]) == ("int8", 2)
     found = detector(photo_bgr)
