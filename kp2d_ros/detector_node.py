@@ -253,6 +253,7 @@ class DetectedFrame:
 
     frame: Frame
     settings: Settings  # the snapshot the frame was detected with; it is finished with the same one
+    config: PipelineConfig  # the pipeline config derived from ``settings`` once, for detect and finish
     image: ConvertedImage
     detected: Detected
     taken_ns: int  # time.monotonic_ns() when the detect thread took the frame
@@ -684,7 +685,7 @@ class DetectorNode(Node):
         conversion_ms = (time.monotonic_ns() - taken_ns) / 1e6
         config = pipeline_config_from_settings(settings)
         detected = self._pipeline.detect(image.pixels, channel_order=image.channel_order, config=config)
-        return DetectedFrame(frame, settings, image, detected, taken_ns, conversion_ms, time.monotonic_ns())
+        return DetectedFrame(frame, settings, config, image, detected, taken_ns, conversion_ms, time.monotonic_ns())
 
     def _finish(self, job: DetectedFrame) -> None:
         """Pipeline stages after the network -> publish (keypoints, matches, debug image) and count (the finish
@@ -699,7 +700,7 @@ class DetectorNode(Node):
             job.detected,
             stamp_ns(header.stamp),
             intrinsics=intrinsics,
-            config=pipeline_config_from_settings(settings),
+            config=job.config,
             rotation=self._frame_rotation(previous_stamp_ns, stamp_ns(header.stamp), intrinsics),
         )
         finished_ns = time.monotonic_ns()
