@@ -48,3 +48,28 @@ def reference_dir() -> Path:
             pytest.fail(message)
         pytest.skip(message)  # e.g. `colcon test` in a workspace, where there is no ../shared
     return REFERENCE_DIR
+
+
+# --- ROS 2 node tests (``ros_helpers`` is imported here only when a ROS test asks for these) ---------------------
+
+
+@pytest.fixture(scope="module")
+def ros():
+    """One real rclpy test node (own context, background executor) for a test module; closed after it."""
+    from ros_helpers import RosTestNode
+
+    node = RosTestNode()
+    yield node
+    node.close()
+
+
+@pytest.fixture(scope="module")
+def model_args(request) -> list[str]:
+    """The node arguments that choose its model: none when the bundled default model exists (the node loads it,
+    also in a colcon workspace without ``../shared``), else the reference fixtures' v4 checkpoint (``reference_dir``
+    is asked for only then: it skips, or fails under ``make test``, when the fixtures are absent)."""
+    from ros_helpers import DEFAULT_MODEL
+
+    if DEFAULT_MODEL.is_file():
+        return []
+    return ["-p", f"model:={request.getfixturevalue('reference_dir') / 'v4_reference.ckpt'}"]

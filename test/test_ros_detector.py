@@ -55,18 +55,6 @@ PROCESS_TIMEOUT = 60.0  # seconds for one frame end to end (2 shared CPU cores, 
 
 
 @pytest.fixture(scope="module")
-def model_args(reference_dir) -> list[str]:
-    return [] if USE_DEFAULT_MODEL else ["-p", f"model:={reference_dir / 'v4_reference.ckpt'}"]
-
-
-@pytest.fixture(scope="module")
-def ros():
-    node = RosTestNode()
-    yield node
-    node.close()
-
-
-@pytest.fixture(scope="module")
 def namespace() -> str:
     return unique_namespace("det")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from ros_helpers import DEFAULT_MODEL, NodeProcess, RosTestNode, require_ros, sensor_qos, unique_namespace
+from ros_helpers import NodeProcess, require_ros, sensor_qos, unique_namespace
 
 pytestmark = pytest.mark.integration
 require_ros()
@@ -28,11 +28,6 @@ PROCESS_TIMEOUT = 60.0
 
 
 @pytest.fixture(scope="module")
-def model_args(reference_dir) -> list[str]:
-    return [] if DEFAULT_MODEL.is_file() else ["-p", f"model:={reference_dir / 'v4_reference.ckpt'}"]
-
-
-@pytest.fixture(scope="module")
 def mask(tmp_path_factory) -> tuple[np.ndarray, str]:
     """The left third (the robot's body) and a bottom-right block (a lens-rim corner) are ignored."""
     pixels = np.full((HEIGHT, WIDTH), 255, np.uint8)
@@ -41,13 +36,6 @@ def mask(tmp_path_factory) -> tuple[np.ndarray, str]:
     path = tmp_path_factory.mktemp("mask") / "mask.png"
     cv2.imwrite(str(path), pixels)
     return pixels, str(path)
-
-
-@pytest.fixture(scope="module")
-def ros():
-    node = RosTestNode()
-    yield node
-    node.close()
 
 
 @pytest.fixture(scope="module")

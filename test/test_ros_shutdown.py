@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from ros_helpers import DEFAULT_MODEL, NodeProcess, RosTestNode, require_ros, sensor_qos, stamp, unique_namespace
+from ros_helpers import NodeProcess, RosTestNode, require_ros, sensor_qos, stamp, unique_namespace
 
 pytestmark = pytest.mark.integration
 require_ros()
@@ -17,13 +17,6 @@ from std_msgs.msg import Header  # noqa: E402
 
 from kp2d_ros.camera_sim import image_message  # noqa: E402
 from kp2d_ros_msgs.msg import Keypoints  # noqa: E402
-
-
-@pytest.fixture
-def model_args(request) -> list[str]:
-    if DEFAULT_MODEL.is_file():
-        return []
-    return ["-p", f"model:={request.getfixturevalue('reference_dir') / 'v4_reference.ckpt'}"]
 
 
 def test_ctrl_c_while_frames_are_processed_stops_quietly_with_exit_0(model_args, tmp_path):

@@ -11,7 +11,6 @@ import cv2
 import numpy as np
 import pytest
 from ros_helpers import (
-    DEFAULT_MODEL,
     NodeProcess,
     RosTestNode,
     require_ros,
@@ -56,10 +55,6 @@ def wait_until_or_false(predicate, timeout: float) -> bool:
     return bool(predicate())
 
 
-def model_args(reference_dir_or_none) -> list[str]:
-    return [] if DEFAULT_MODEL.is_file() else ["-p", f"model:={reference_dir_or_none / 'v4_reference.ckpt'}"]
-
-
 def test_camera_sim_stereo_publishes_a_rectified_pair_with_equal_stamps(ros, tmp_path):
     namespace = unique_namespace("stereo_sim")
     topics = [(f"{side}/{what}", kind) for side in ("left", "right")
@@ -92,8 +87,7 @@ def test_camera_sim_stereo_publishes_a_rectified_pair_with_equal_stamps(ros, tmp
         assert error < 4.0 and unmoved > 3 * error, (error, unmoved)
 
 
-def test_stereo_detector_disparities_match_camera_sim_and_ids_are_shared(ros, tmp_path, request):
-    reference = request.getfixturevalue("reference_dir") if not DEFAULT_MODEL.is_file() else None
+def test_stereo_detector_disparities_match_camera_sim_and_ids_are_shared(ros, tmp_path, model_args):
     namespace = unique_namespace("stereo")
     node = f"{namespace}/kp2d_stereo"
     stereo = ros.subscribe(StereoMatches, f"{node}/stereo_matches")
@@ -103,7 +97,7 @@ def test_stereo_detector_disparities_match_camera_sim_and_ids_are_shared(ros, tm
     detector = NodeProcess("stereo_detector", [
         "-r", f"__ns:={namespace}", "-r", "left/image:=left/image_raw", "-r", "right/image:=right/image_raw",
         "-p", "image_qos:=reliable", "-p", "precision:=fp32", "-p", "device:=cpu", "-p", "top_k:=500",
-        *model_args(reference),
+        *model_args,
     ], tmp_path)  # fmt: skip
     sim = None
     try:
@@ -159,12 +153,11 @@ def test_stereo_detector_disparities_match_camera_sim_and_ids_are_shared(ros, tm
     assert (field_array(last_left.track_length, np.uint32) > 1).mean() > 0.3
 
 
-def test_stereo_detector_skips_a_bad_pair_and_keeps_going(ros, tmp_path, request):
-    reference = request.getfixturevalue("reference_dir") if not DEFAULT_MODEL.is_file() else None
+def test_stereo_detector_skips_a_bad_pair_and_keeps_going(ros, tmp_path, model_args):
     namespace = unique_namespace("stereo_bad")
     stereo = ros.subscribe(StereoMatches, f"{namespace}/kp2d_stereo/stereo_matches")
     detector = NodeProcess("stereo_detector", ["-r", f"__ns:={namespace}", "-p", "precision:=fp32", "-p", "device:=cpu",
-                                               *model_args(reference)], tmp_path)  # fmt: skip
+                                               *model_args], tmp_path)  # fmt: skip
     try:
         publishers = {topic: ros.publisher(kind, f"{namespace}/{topic}", sensor_qos()) for topic, kind in (
             ("left/image", Image), ("right/image", Image), ("left/camera_info", CameraInfo),
@@ -207,14 +200,13 @@ def test_stereo_detector_skips_a_bad_pair_and_keeps_going(ros, tmp_path, request
         detector.stop()
 
 
-def test_multi_detector_publishes_two_cameras_from_one_process_with_one_model_load(ros, tmp_path, request):
-    reference = request.getfixturevalue("reference_dir") if not DEFAULT_MODEL.is_file() else None
+def test_multi_detector_publishes_two_cameras_from_one_process_with_one_model_load(ros, tmp_path, model_args):
     prefix = unique_namespace("multi").strip("/")
     cameras = [f"{prefix}/cam_a", f"{prefix}/cam_b"]
     inboxes = [ros.subscribe(Keypoints, f"/{camera}/kp2d_detector/keypoints") for camera in cameras]
     multi = NodeProcess("multi_detector", ["-p", f"cameras:={' '.join(cameras)}", "-r", "image:=image_raw",
                                            "-p", "precision:=fp32", "-p", "device:=cpu", "-p", "image_qos:=reliable",
-                                           *model_args(reference)], tmp_path)  # fmt: skip
+                                           *model_args], tmp_path)  # fmt: skip
     sims = []
     try:
         log = multi.wait_for_log("one model load shared by 2 detectors", timeout=120)

@@ -17,7 +17,7 @@ import sys
 import time
 
 import pytest
-from ros_helpers import DEFAULT_MODEL, REPO_ROOT, NodeProcess, RosTestNode, require_ros, unique_namespace, wait_until
+from ros_helpers import REPO_ROOT, NodeProcess, RosTestNode, require_ros, unique_namespace, wait_until
 
 pytestmark = pytest.mark.integration
 require_ros()
@@ -31,18 +31,6 @@ BENCH = REPO_ROOT / "benchmarks" / "bench_transport.py"
 WARNING = "frames lost in transport"
 LOST_KEY = "frames lost in transport (sent by the camera, never received)"
 STOCK_ENV = {k: v for k, v in os.environ.items() if k not in SYSTEM_VARIABLES}  # the camera: middleware defaults
-
-
-@pytest.fixture(scope="module")
-def ros():
-    node = RosTestNode()
-    yield node
-    node.close()
-
-
-@pytest.fixture(scope="module")
-def model_args(reference_dir) -> list[str]:
-    return [] if DEFAULT_MODEL.is_file() else ["-p", f"model:={reference_dir / 'v4_reference.ckpt'}"]
 
 
 class Detector:

@@ -11,9 +11,7 @@ import cv2
 import numpy as np
 import pytest
 from ros_helpers import (
-    DEFAULT_MODEL,
     NodeProcess,
-    RosTestNode,
     require_ros,
     sensor_qos,
     stamp,
@@ -41,18 +39,6 @@ REPROJECTION_PX = 1e-3
 # A matched keypoint sits within ~1 px of where the true motion puts it (the bundled model); in velocity units
 # that is 1 px / f / dt. Allow 3 px (the node tests' agreement bound) for 90 % of the tracked features.
 AGREEMENT_PX = 3.0
-
-
-@pytest.fixture(scope="module")
-def model_args(reference_dir) -> list[str]:
-    return [] if DEFAULT_MODEL.is_file() else ["-p", f"model:={reference_dir / 'v4_reference.ckpt'}"]
-
-
-@pytest.fixture(scope="module")
-def ros():
-    node = RosTestNode()
-    yield node
-    node.close()
 
 
 @pytest.fixture(scope="module")
