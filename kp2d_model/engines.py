@@ -17,8 +17,10 @@ Engines are imported lazily (inside their class), so the base library needs none
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -486,13 +488,35 @@ class TorchBackend:
         tensor = torch.from_numpy(batch).to(self.device, non_blocking=True)
         tensor = tensor.permute(0, 3, 1, 2).float().div_(255.0)
         tensor = normalize_image(tensor).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
+        with torch.inference_mode(), cudnn_settings(self.device, self.precision):
             if self.dtype is None:
                 outputs = self.heads.trunk.heads(tensor)
             else:
                 with torch.autocast(device_type=self.device.type, dtype=self.dtype):
                     outputs = self.heads.trunk.heads(tensor)
         return DenseOutputs(*(output.float() for output in outputs))
+
+
+def cudnn_settings(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
+    """cuDNN's settings for one network call on CUDA (nothing elsewhere), restored afterwards.
+
+    - autotuned convolution kernels (``benchmark``): a camera's frames keep one size, so the search runs once
+      per size (the first frame) and every later frame gets the fastest kernel;
+    - fp32 without TF32: PyTorch lets cuDNN convolutions round fp32 inputs to TF32 (10-bit mantissa) by
+      default, which would make ``precision="fp32"`` on CUDA differ from the CPU reference by ~1e-3 relative;
+      fp32 stays IEEE float32 (``test_cuda_fp32_detector_equals_the_cpu_reference``). bf16 / fp16 run under
+      autocast, where TF32 plays no part.
+    """
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    flags: dict[str, Any] = {"enabled": True, "benchmark": True, "deterministic": False}
+    if precision is Precision.FP32:
+        flags["allow_tf32"] = False
+        if "fp32_precision" in inspect.signature(torch.backends.cudnn.flags).parameters:
+            flags["fp32_precision"] = "ieee"  # PyTorch >= 2.9: the new setting must say so too (checked)
+    else:
+        flags["allow_tf32"] = torch.backends.cudnn.allow_tf32
+    return torch.backends.cudnn.flags(**flags)
 
 
 class OnnxRuntimeBackend:
