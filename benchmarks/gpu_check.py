@@ -10,7 +10,8 @@ each setting (640x480 top-1000 at x1 and x2.5, 320x240 top-300):
 At 640x480 top-1000 also the node's frame path without ROS (``FramePipeline``: detect, match 1000 x 1000 on the
 GPU, tracks) on a camera sliding over a photo, serial and on the node's two threads (``frame_path_fps``), and the
 raw head outputs of fp32 with and without TF32 against the CPU's (why fp32 runs without TF32 on CUDA).
-FPS: the median call of about ``--seconds`` seconds after a warm-up, CUDA synchronised. Writes JSON.
+FPS: the median call of about ``--seconds`` seconds after a warm-up, CUDA synchronised, with cuDNN's kernel
+autotuning on as the node sets it (``build_s`` includes the first call's tuning). Writes JSON.
 
 Goals from issue 14: >= 300 FPS for the network, >= 60 FPS through the node.
 """
@@ -135,6 +136,7 @@ def main() -> None:
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device (torch.cuda.is_available() is False)")
     os.environ.setdefault("KP2D_ENGINE_CACHE", str(args.output.parent / "engine_cache"))
+    torch.backends.cudnn.benchmark = True  # as the ROS node sets it on CUDA (one frame size per stream)
     photo = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
     images = {name: cv2.resize(photo, (w, h), interpolation=cv2.INTER_AREA) for name, (w, h, _, _) in SETTINGS.items()}
     configs = {"torch fp32": ("torch", "fp32"), "torch fp16": ("torch", "fp16"), "torch bf16": ("torch", "bf16")}

@@ -498,25 +498,22 @@ class TorchBackend:
 
 
 def cudnn_settings(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
-    """cuDNN's settings for one network call on CUDA (nothing elsewhere), restored afterwards.
+    """cuDNN's settings for one network call on CUDA (nothing elsewhere), restored afterwards: fp32 without TF32.
 
-    - autotuned convolution kernels (``benchmark``): a camera's frames keep one size, so the search runs once
-      per size (the first frame) and every later frame gets the fastest kernel;
-    - fp32 without TF32: PyTorch lets cuDNN convolutions round fp32 inputs to TF32 (10-bit mantissa) by
-      default, which would make ``precision="fp32"`` on CUDA differ from the CPU reference by ~1e-3 relative;
-      fp32 stays IEEE float32 (``test_cuda_fp32_detector_equals_the_cpu_reference``). bf16 / fp16 run under
-      autocast, where TF32 plays no part.
+    PyTorch lets cuDNN convolutions round fp32 inputs to TF32 (10-bit mantissa) by default, which would make
+    ``precision="fp32"`` on CUDA differ from the CPU reference by up to ~0.1 px; fp32 stays IEEE float32
+    (``test_cuda_fp32_detector_equals_the_cpu_reference``). bf16 / fp16 run under autocast, where TF32 plays no
+    part. cuDNN's kernel autotuning (``torch.backends.cudnn.benchmark``) is left as the caller set it: it pays for
+    a stream of one frame size (the ROS node turns it on), not for images of many sizes (seconds per new size).
     """
-    if device.type != "cuda":
+    if device.type != "cuda" or precision is not Precision.FP32:
         return contextlib.nullcontext()
-    flags: dict[str, Any] = {"enabled": True, "benchmark": True, "deterministic": False}
-    if precision is Precision.FP32:
-        flags["allow_tf32"] = False
-        if "fp32_precision" in inspect.signature(torch.backends.cudnn.flags).parameters:
-            flags["fp32_precision"] = "ieee"  # PyTorch >= 2.9: the new setting must say so too (checked)
-    else:
-        flags["allow_tf32"] = torch.backends.cudnn.allow_tf32
-    return torch.backends.cudnn.flags(**flags)
+    cudnn = torch.backends.cudnn
+    flags: dict[str, Any] = {"enabled": cudnn.enabled, "benchmark": cudnn.benchmark}
+    flags.update(deterministic=cudnn.deterministic, allow_tf32=False)
+    if "fp32_precision" in inspect.signature(cudnn.flags).parameters:
+        flags["fp32_precision"] = "ieee"  # PyTorch >= 2.9: the new setting must say so too (checked)
+    return cudnn.flags(**flags)
 
 
 class OnnxRuntimeBackend:

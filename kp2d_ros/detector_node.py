@@ -918,6 +918,8 @@ def build_detector(values: dict[str, Any]) -> KeypointDetector:
     if values["num_threads"] > 0:
         torch.set_num_threads(values["num_threads"])
     width, height = values["input_width"], values["input_height"]
+    if str(values["device"]).startswith("cuda") or (values["device"] == "auto" and torch.cuda.is_available()):
+        torch.backends.cudnn.benchmark = True  # a camera keeps its frame size: tune cuDNN's kernels once for it
     return KeypointDetector(
         checkpoint=model or None,
         device=values["device"],
