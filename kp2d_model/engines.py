@@ -10,7 +10,7 @@ float32 PyTorch in the detector, whatever the engine: the border mask, the keypo
 | ``torch`` | fp32 (exact reference), bf16 (autocast, network only), fp16 (CUDA) | CPU, CUDA | - | folded network |
 | ``onnxruntime`` | fp32, int8 (static QDQ, calibrated) | CPU | ``onnxruntime`` | ``.onnx`` export |
 | ``openvino`` | fp32, bf16 (CPU bf16 hint), int8 (the same QDQ graph) | CPU | ``openvino`` | ``.onnx`` export |
-| ``tensorrt`` | fp32, fp16 (TensorRT's builder flag) | CUDA | ``tensorrt`` | engine built from the ``.onnx`` |
+| ``tensorrt`` | fp32, fp16 (the builder flag; TensorRT <= 10) | CUDA | ``tensorrt`` | engine built from the ``.onnx`` |
 
 Engines are imported lazily (inside their class), so the base library needs none of them.
 """
@@ -215,6 +215,8 @@ def _check_pair(backend: BackendName, precision: Precision, cuda: bool, int8_rea
         module = "tensorrt"
     if module and not _installed(module):
         raise EngineError(f"backend {backend.value} needs the Python package {module!r} (pip install {module})")
+    if backend is BackendName.TENSORRT:
+        tensorrt_build_options(tensorrt_major_version(), precision)  # raises for fp16 on TensorRT 11+
 
 
 def _auto_backend_for(precision: Precision, cuda: bool) -> BackendName:
@@ -228,10 +230,15 @@ def _auto_backend_for(precision: Precision, cuda: bool) -> BackendName:
 def _auto(backend: BackendName, cuda: bool, int8_ready: bool) -> EngineChoice:
     """The fastest setting measured to keep quality on this machine (docs/inference.md, "Engines")."""
     if cuda:
-        if backend in (BackendName.AUTO, BackendName.TENSORRT) and _installed("tensorrt"):
-            return EngineChoice(BackendName.TENSORRT, Precision.FP16, "CUDA device, TensorRT installed")
+        tensorrt = _installed("tensorrt") and backend in (BackendName.AUTO, BackendName.TENSORRT)
+        major = tensorrt_major_version() if tensorrt else None
+        if major is not None and major <= TENSORRT_LAST_FP16_FLAG:
+            return EngineChoice(BackendName.TENSORRT, Precision.FP16, f"CUDA device, TensorRT {major} installed")
+        if backend is BackendName.TENSORRT:  # TensorRT 11+: fp32 only from our fp32 graph
+            return EngineChoice(BackendName.TENSORRT, Precision.FP32, f"CUDA device, TensorRT {major}: no fp16 flag")
         if backend in (BackendName.AUTO, BackendName.TORCH):
-            return EngineChoice(BackendName.TORCH, Precision.FP16, "CUDA device")
+            reason = "CUDA device" if major is None else f"CUDA device; TensorRT {major} has no fp16 builder flag"
+            return EngineChoice(BackendName.TORCH, Precision.FP16, reason)
         raise EngineError(f"backend {backend.value} does not run on CUDA here; use backend torch or tensorrt")
     caps = cpu_capabilities()
     openvino = _installed("openvino") and backend in (BackendName.AUTO, BackendName.OPENVINO)
@@ -584,6 +591,38 @@ class OpenVinoBackend:
         return DenseOutputs(*(torch.from_numpy(results[output]) for output in compiled.outputs))
 
 
+TENSORRT_LAST_FP16_FLAG = 10  # TensorRT 11 removed BuilderFlag.FP16 with the rest of "weak typing"
+
+
+def tensorrt_major_version() -> int:
+    """The installed TensorRT's major version (JetPack 6.0: 8, JetPack 6.1/6.2: 10, PyPI in 2026: 11)."""
+    import tensorrt
+
+    return int(str(tensorrt.__version__).split(".")[0])
+
+
+@dataclass(frozen=True)
+class TensorRtBuildOptions:
+    """How to build for one TensorRT major version and precision (``tensorrt_build_options``)."""
+
+    explicit_batch_flag: bool  # TensorRT < 10 needs it for ONNX graphs; 10 deprecated it, 11 has only explicit batch
+    fp16_flag: bool  # BuilderFlag.FP16: fp16 kernels allowed in an fp32 graph (TensorRT <= 10)
+    clear_tf32: bool  # fp32 stays IEEE float32, as the torch engine on CUDA (TensorRT allows TF32 by default)
+
+
+def tensorrt_build_options(major: int, precision: Precision) -> TensorRtBuildOptions:
+    """Build options for TensorRT ``major`` and ``precision`` (fp32 or fp16); raises EngineError for fp16 on
+    TensorRT 11 and later, which dropped the fp16 builder flag (a network's precision comes from its graph there,
+    and the exported graph is fp32)."""
+    if precision is Precision.FP16 and major > TENSORRT_LAST_FP16_FLAG:
+        raise EngineError(
+            f"backend tensorrt precision fp16 needs TensorRT {TENSORRT_LAST_FP16_FLAG} or older (JetPack 6.x has it); "
+            f"TensorRT {major} removed the fp16 builder flag. Use precision='fp32' with backend tensorrt, or "
+            "backend='torch' with precision='fp16' (what precision='auto' chooses here)"
+        )
+    return TensorRtBuildOptions(major < 10, precision is Precision.FP16, precision is Precision.FP32)
+
+
 class TensorRtBackend:
     """A TensorRT engine built from the exported graph (fp16 by the builder flag), on CUDA.
 
@@ -600,11 +639,18 @@ class TensorRtBackend:
         import tensorrt
 
         self.trt, self.device, self.precision = tensorrt, device, precision
-        engine_path = Path(onnx_path).with_suffix(f".{precision.value}.engine")
-        if not engine_path.is_file():
-            build_tensorrt_engine(onnx_path, engine_path, precision)
+        # An engine is tied to the TensorRT version and the GPU: both are in the cached file's name.
+        major, minor = torch.cuda.get_device_capability(device)
+        engine_path = Path(onnx_path).with_suffix(
+            f".{precision.value}.trt{tensorrt.__version__}.sm{major}{minor}.engine"
+        )
         runtime = tensorrt.Runtime(tensorrt.Logger(tensorrt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
+        self.engine = runtime.deserialize_cuda_engine(engine_path.read_bytes()) if engine_path.is_file() else None
+        if self.engine is None:  # not built yet, or an unreadable file (an interrupted build): build it
+            build_tensorrt_engine(onnx_path, engine_path, precision)
+            self.engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
+        if self.engine is None:
+            raise EngineError(f"{engine_path}: TensorRT could not load the engine it built (see the TensorRT log)")
         self.context = self.engine.create_execution_context()
 
     def forward(self, batch: np.ndarray) -> DenseOutputs:
@@ -648,16 +694,20 @@ def build_tensorrt_engine(
     profile: batch 1..max_batch, H and W in [min_side, max_side], tuned for ``opt_shape`` (H, W))."""
     import tensorrt as trt
 
+    options = tensorrt_build_options(tensorrt_major_version(), precision)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    explicit_batch = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH) if options.explicit_batch_flag else 0
+    network = builder.create_network(explicit_batch)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(Path(onnx_path).read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineError(f"{onnx_path}: TensorRT could not parse the graph: {errors}")
     config = builder.create_builder_config()
-    if precision is Precision.FP16:
+    if options.fp16_flag:
         config.set_flag(trt.BuilderFlag.FP16)
+    if options.clear_tf32 and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)
     channels = network.get_input(0).shape[3]
     profile = builder.create_optimization_profile()
     profile.set_shape(

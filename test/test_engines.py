@@ -249,11 +249,51 @@ def test_openvino_int8_detector_uses_this_cpus_float_hint() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="TensorRT needs a CUDA GPU; none on this machine")
-def test_tensorrt_fp16_engine_agrees_with_fp32(checkpoint_path, reference, photo_bgr, tmp_path, monkeypatch) -> None:
+def test_tensorrt_engine_agrees_with_fp32(checkpoint_path, reference, photo_bgr, tmp_path, monkeypatch) -> None:
     pytest.importorskip("tensorrt")
     monkeypatch.setenv("KP2D_ENGINE_CACHE", str(tmp_path))
-    detector = KeypointDetector(checkpoint_path, device="cuda", top_k=300, precision="fp16", backend="tensorrt")
+    precision = "fp16" if engines.tensorrt_major_version() <= engines.TENSORRT_LAST_FP16_FLAG else "fp32"
+    detector = KeypointDetector(checkpoint_path, device="cuda", top_k=300, precision=precision, backend="tensorrt")
     assert fraction_within(detector(photo_bgr).numpy(), reference(photo_bgr).numpy(), 1.0) >= 0.9
+
+
+@pytest.mark.parametrize(
+    ("major", "precision", "explicit_batch", "fp16_flag", "clear_tf32"),
+    [
+        (8, Precision.FP16, True, True, False),  # JetPack 6.0: an ONNX graph needs the explicit-batch flag
+        (8, Precision.FP32, True, False, True),
+        (10, Precision.FP16, False, True, False),  # JetPack 6.1/6.2
+        (11, Precision.FP32, False, False, True),  # fp32 without TF32, as torch fp32 on CUDA
+    ],
+)
+def test_tensorrt_build_options_follow_the_tensorrt_version(major, precision, explicit_batch, fp16_flag, clear_tf32):
+    options = engines.tensorrt_build_options(major, precision)
+    assert options.explicit_batch_flag is explicit_batch
+    assert (options.fp16_flag, options.clear_tf32) == (fp16_flag, clear_tf32)
+
+
+def test_tensorrt_11_fp16_is_refused_with_what_to_use_instead() -> None:
+    with pytest.raises(EngineError, match=r"TensorRT 11 removed the fp16 builder flag.*backend='torch'"):
+        engines.tensorrt_build_options(11, Precision.FP16)
+
+
+@pytest.mark.parametrize(
+    ("major", "backend", "expected"),
+    [
+        (None, "auto", ("torch", "fp16")),  # TensorRT not installed
+        (10, "auto", ("tensorrt", "fp16")),
+        (11, "auto", ("torch", "fp16")),
+        (11, "tensorrt", ("tensorrt", "fp32")),
+    ],
+)
+def test_auto_on_cuda_takes_tensorrt_fp16_only_where_the_builder_has_it(monkeypatch, major, backend, expected) -> None:
+    # The TensorRT probe is replaced (no TensorRT here); what is under test is the choice made from its answer.
+    monkeypatch.setattr(engines, "_installed", lambda module: major is not None if module == "tensorrt" else False)
+    monkeypatch.setattr(engines, "tensorrt_major_version", lambda: major)
+    choice = engines.resolve_engine("auto", backend, torch.device("cuda"))
+    assert (choice.backend.value, choice.precision.value) == expected
+    if major is not None:
+        assert f"TensorRT {major}" in choice.reason
 
 
 # --- command lines ----------------------------------------------------------------------------------------------
