@@ -624,11 +624,11 @@ def tensorrt_build_options(major: int, precision: Precision) -> TensorRtBuildOpt
 
 
 class TensorRtBackend:
-    """A TensorRT engine built from the exported graph (fp16 by the builder flag), on CUDA.
+    """A TensorRT engine built from the exported graph (fp16 by the builder flag up to TensorRT 10), on CUDA.
 
-    The engine is built once per graph and precision and cached next to it (``*.fp16.engine``), with an
-    optimisation profile for batch 1-4 and H, W from 64 to 1088 (Jetson users: build on the Jetson itself,
-    engines are not portable across GPUs or TensorRT versions).
+    The engine is built once per graph, precision, TensorRT version and GPU and cached next to the graph
+    (``*.fp16.trt10.3.0.30.sm87.engine``), with an optimisation profile for batch 1-4 and H, W from 64 to 1088
+    (Jetson users: build on the Jetson itself; engines are not portable across GPUs or TensorRT versions).
     """
 
     name = BackendName.TENSORRT
@@ -645,10 +645,10 @@ class TensorRtBackend:
             f".{precision.value}.trt{tensorrt.__version__}.sm{major}{minor}.engine"
         )
         runtime = tensorrt.Runtime(tensorrt.Logger(tensorrt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine(engine_path.read_bytes()) if engine_path.is_file() else None
+        self.engine = _load_tensorrt_engine(runtime, engine_path) if engine_path.is_file() else None
         if self.engine is None:  # not built yet, or an unreadable file (an interrupted build): build it
             build_tensorrt_engine(onnx_path, engine_path, precision)
-            self.engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
+            self.engine = _load_tensorrt_engine(runtime, engine_path)
         if self.engine is None:
             raise EngineError(f"{engine_path}: TensorRT could not load the engine it built (see the TensorRT log)")
         self.context = self.engine.create_execution_context()
@@ -667,6 +667,14 @@ class TensorRtBackend:
             raise EngineError("TensorRT execution failed")
         stream.synchronize()
         return DenseOutputs(*outputs)
+
+
+def _load_tensorrt_engine(runtime: Any, path: Path) -> Any:
+    """The deserialised engine in ``path``, or None where TensorRT cannot read it (it logs why)."""
+    try:
+        return runtime.deserialize_cuda_engine(path.read_bytes())
+    except (RuntimeError, TypeError):  # some versions raise instead of returning None
+        return None
 
 
 def save_openvino(onnx_path: str | Path, xml_path: str | Path) -> Path:
