@@ -144,7 +144,8 @@ def main() -> None:
     if device == "cpu":
         del configs["torch fp16"]
     if engines._installed("tensorrt"):  # noqa: SLF001
-        configs["tensorrt fp16"] = ("tensorrt", "fp16")
+        if engines.tensorrt_major_version() <= engines.TENSORRT_LAST_FP16_FLAG:  # TensorRT 11 has no fp16 flag
+            configs["tensorrt fp16"] = ("tensorrt", "fp16")
         configs["tensorrt fp32"] = ("tensorrt", "fp32")
     result: dict[str, object] = {
         "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (dry run)",
