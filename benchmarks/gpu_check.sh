@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared check for a lent GPU (about 6 minutes; run from the repository root on the GPU machine):
+# One prepared check for a lent GPU (about 3 minutes on an H200, 2026-11-29; run from the repository root there):
 #   1. speed and agreement of every CUDA engine (benchmarks/gpu_check.py): network, detector and the node's frame
 #      path FPS at 640x480 top-1000 (x1 and x2.5) and 320x240 top-300; keypoints within 1 px of CPU fp32; TF32;
 #   2. the CUDA tests (test/test_cuda.py: fp32 equals the CPU reference, fp16 agreement, auto's log line) and the
