@@ -518,9 +518,15 @@ def cudnn_settings(device: torch.device, precision: Precision) -> contextlib.Abs
     cudnn = torch.backends.cudnn
     flags: dict[str, Any] = {"enabled": cudnn.enabled, "benchmark": cudnn.benchmark}
     flags.update(deterministic=cudnn.deterministic, allow_tf32=False)
-    if "fp32_precision" in inspect.signature(cudnn.flags).parameters:
+    if _cudnn_flags_take_fp32_precision():
         flags["fp32_precision"] = "ieee"  # PyTorch >= 2.9: the new setting must say so too (checked)
     return cudnn.flags(**flags)
+
+
+@functools.cache
+def _cudnn_flags_take_fp32_precision() -> bool:
+    """Whether this PyTorch's ``torch.backends.cudnn.flags`` has the ``fp32_precision`` setting (2.9 and later)."""
+    return "fp32_precision" in inspect.signature(torch.backends.cudnn.flags).parameters
 
 
 class OnnxRuntimeBackend:
