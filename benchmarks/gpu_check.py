@@ -4,7 +4,7 @@ For each engine (torch fp32 / fp16 / bf16, ``auto``, TensorRT fp16 / fp32 where 
 each setting (640x480 top-1000 at x1 and x2.5, 320x240 top-300):
 
 - ``network_fps``: the engine's forward alone (uint8 batch in, dense head outputs on the GPU);
-- ``detector_fps``: ``KeypointDetector.__call__`` (network, keypoints, descriptors, results on the host);
+- ``detector_fps``: ``KeypointDetector.__call__`` (network, keypoints, descriptors; results left on the GPU);
 - ``within_1px_of_cpu_fp32``: share of its keypoints within 1 px of the CPU fp32 reference's.
 
 At 640x480 top-1000 also the node's frame path without ROS (``FramePipeline``: detect, match 1000 x 1000 on the
