@@ -7,6 +7,7 @@ kp2d_loss and the data the real ImageFolderDataset.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import pickle
@@ -23,7 +24,7 @@ import pytest
 import torch
 
 from kp2d_model.augmentation import make_training_batch
-from kp2d_model.checkpoint import CheckpointError, load_keypoint_net, read_checkpoint
+from kp2d_model.checkpoint import CheckpointError, default_checkpoint_path, load_keypoint_net, read_checkpoint
 from kp2d_model.training import cli
 from kp2d_model.training.checkpointing import atomic_save, read_training_checkpoint, remove_stale_temporaries
 from kp2d_model.training.config import (
@@ -387,6 +388,48 @@ def test_resuming_with_a_different_network_is_refused(image_folder, tmp_path):
         Trainer(_config(image_folder, "train.max_steps=2", name="v4"), tmp_path / "b", resume=result.checkpoint)
 
 
+def test_init_starts_a_new_run_from_a_models_weights(image_folder, tmp_path):
+    bundled = default_checkpoint_path()
+    config = _config(image_folder, "log.image_every=0", name="default_model")
+    trainer = Trainer(config, tmp_path / "fine_tune", init=bundled)
+    expected = read_checkpoint(bundled).state_dict
+    for name, value in trainer.keypoint_net.state_dict().items():
+        assert torch.equal(value.cpu(), expected[name]), name
+    assert trainer.step == 0 and not trainer.optimizer.state  # a fresh run: no optimizer moments yet
+
+    # Trained weights fit the self-supervised task better than the same network from its random start (the
+    # keypoint network's terms; the IO-Net starts fresh in both, and its term is 0 when scratch finds no pairs).
+    scratch = Trainer(config, tmp_path / "scratch")
+    images = torch.stack([trainer.dataset[(0, i)]["image"] for i in range(2)]).float() / 255.0
+    batch = make_training_batch(images, trainer.augmentation, torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        fine_tune, random_start = ({k: float(v) for k, v in t.loss_module(batch).items()} for t in (trainer, scratch))
+    assert fine_tune["descriptor"] < 0.6 * random_start["descriptor"], (fine_tune, random_start)
+    assert fine_tune["location"] < random_start["location"], (fine_tune, random_start)
+    assert fine_tune["recall"] > random_start["recall"] + 0.1, (fine_tune, random_start)
+
+
+def test_cli_init_default_fine_tunes_the_bundled_model(image_folder, tmp_path, caplog):
+    argv = ["default_model", "--data", str(image_folder), "--init", "default", "--out", str(tmp_path / "run")]
+    with caplog.at_level(logging.INFO):
+        assert cli.main([*argv, *SMALL_RUN, "train.max_steps=2", "log.image_every=0"]) == 0
+    assert any("starting from the weights of" in record.getMessage() for record in caplog.records)
+    tuned = read_checkpoint(tmp_path / "run" / "keypoint_net.safetensors").state_dict
+    bundled = read_checkpoint(default_checkpoint_path()).state_dict
+    assert tuned.keys() == bundled.keys()  # the same network ...
+    assert not torch.equal(tuned["conv1a.0.weight"], bundled["conv1a.0.weight"])  # ... moved by two optimizer steps
+
+
+def test_init_from_a_model_of_another_network_is_refused(image_folder, tmp_path):
+    with pytest.raises(CheckpointError, match=r"--init .* differs from the configuration's"):
+        Trainer(_config(image_folder, name="v0"), tmp_path / "run", init=default_checkpoint_path())
+
+
+def test_init_and_resume_together_are_refused(image_folder, tmp_path):
+    with pytest.raises(ConfigError, match="not both"):
+        Trainer(_config(image_folder), tmp_path / "run", resume=tmp_path / "a.pt", init=tmp_path / "b.ckpt")
+
+
 # --- command line --------------------------------------------------------------------------------------
 
 
@@ -403,6 +446,9 @@ def test_cli_reports_bad_input_in_one_line_without_a_traceback(image_folder, tmp
     assert cli.main(["v4"]) == 2
     assert "no training images" in capsys.readouterr().err
     assert cli.main(["--resume", str(tmp_path / "nothing.pt")]) == 2
+    assert cli.main(["default_model", "--data", str(image_folder), "--init", str(tmp_path / "missing.ckpt")]) == 2
+    init_and_resume = ["--init", "default", "--resume", str(tmp_path / "x.pt")]
+    assert cli.main(["default_model", "--data", str(image_folder), *init_and_resume]) == 2
     assert "not found" in capsys.readouterr().err
 
 

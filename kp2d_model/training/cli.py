@@ -1,10 +1,12 @@
 """``kp2d-train``: train KeyPointNet from the command line (also ``ros2 run kp2d_ros train``).
 
-    kp2d-train CONFIG [--data DIR] [--out DIR] [--resume CKPT] [key=value ...]
+    kp2d-train CONFIG [--data DIR] [--out DIR] [--resume CKPT | --init MODEL] [key=value ...]
 
 CONFIG is a YAML path or a packaged name (``v0`` ... ``v4``, ``v2_resnet``). ``key=value`` overrides any
 configuration key (``data.batch_size=4``, ``train.max_steps=100``, ``data.image_shape=[120,160]``).
-With ``--resume`` CONFIG may be left out: the checkpoint's configuration is used. Multi-GPU / multi-process:
+With ``--resume`` CONFIG may be left out: the checkpoint's configuration is used. ``--init default`` (or a model
+file) starts a new run from trained weights: ``kp2d-train default_model --init default --data my_footage/``
+fine-tunes the bundled default model on one's own images. Multi-GPU / multi-process:
 ``torchrun --nproc_per_node N -m kp2d_model.training.cli CONFIG ...``.
 
 Exit status: 0 done, 1 training error (out of memory, non-finite loss, unreadable checkpoint), 2 bad
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from kp2d_model.checkpoint import CheckpointError
+from kp2d_model.checkpoint import CheckpointError, default_checkpoint_path
 from kp2d_model.data import DataError
 from kp2d_model.training.config import (
     ConfigError,
@@ -59,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", help="image folder (searched recursively) or list file; sets data.path")
     parser.add_argument("--out", help="run folder for checkpoints and logs (default: runs/<config>-<time>)")
     parser.add_argument("--resume", help="trainer checkpoint to continue from (e.g. runs/x/checkpoints/last.pt)")
+    parser.add_argument(
+        "--init",
+        help="start a new run from a model's weights (fine-tuning): 'default' (the bundled default model, with "
+        "the default_model config), a released KP2D .ckpt, a .safetensors or a trainer .pt",
+    )
     parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     return parser
@@ -130,6 +137,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not config.data.path:
         _error("no training images: give --data DIR (an image folder or a list file) or data.path=...")
         return EXIT_USAGE
+    init = None
+    if args.init is not None:
+        init = default_checkpoint_path() if args.init == "default" else Path(args.init)
+        if args.resume is not None:
+            _error("give --resume (continue a run) or --init (start a new run from a model), not both")
+            return EXIT_USAGE
+        if not init.is_file():
+            _error(f"--init {init}: no such file")
+            return EXIT_USAGE
 
     import torch.distributed as dist
 
@@ -147,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=logging.WARNING if args.quiet or not context.is_main else logging.INFO,
             format=f"{PROGRAM}: %(message)s",
         )
-        trainer = Trainer(config, out_dir, resume=args.resume, context=context)
+        trainer = Trainer(config, out_dir, resume=args.resume, context=context, init=init)
         result = trainer.fit()
     except (ConfigError, DataError) as error:
         _error(str(error))

@@ -48,7 +48,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from kp2d_model.augmentation import AugmentationOptions, make_training_batch
-from kp2d_model.checkpoint import TRAINER_FORMAT, CheckpointError, build_keypoint_net, normalize_model_config
+from kp2d_model.checkpoint import (
+    TRAINER_FORMAT,
+    CheckpointError,
+    build_keypoint_net,
+    normalize_model_config,
+    read_checkpoint,
+)
 from kp2d_model.data import EpochSampler, ImageFolderDataset
 from kp2d_model.losses import kp2d_loss
 from kp2d_model.networks import InlierNet
@@ -302,6 +308,11 @@ class _StopFlag:
                 signal.signal(signum, handler)
 
 
+def _without_dropout(model_config: dict[str, Any]) -> dict[str, Any]:
+    """A model config without ``with_drop``: dropout changes training, not the weights."""
+    return {key: value for key, value in model_config.items() if key != "with_drop"}
+
+
 # --- the trainer -----------------------------------------------------------------------------------
 
 
@@ -309,7 +320,9 @@ class Trainer:
     """Train KeypointNet (+ IO-Net) as configured; :meth:`fit` runs until ``train.epochs`` / ``train.max_steps``.
 
     ``out_dir``: the run folder (module docstring). ``resume``: a trainer checkpoint to continue from; its
-    model section must match ``config``'s. ``context``: the distributed context (default: from the environment).
+    model section must match ``config``'s. ``init``: instead, a new run that starts from the KeypointNet weights
+    of a model file (fine-tuning; :meth:`_init_weights`). ``context``: the distributed context (default: from
+    the environment).
     """
 
     def __init__(
@@ -318,7 +331,10 @@ class Trainer:
         out_dir: str | os.PathLike,
         resume: str | os.PathLike | None = None,
         context: DistributedContext | None = None,
+        init: str | os.PathLike | None = None,
     ) -> None:
+        if resume is not None and init is not None:
+            raise ConfigError("give --resume (continue a run) or --init (start a new run from a model), not both")
         self.config = config
         self.out_dir = Path(out_dir)
         self.context = context if context is not None else setup_distributed(config.train.device)
@@ -331,6 +347,8 @@ class Trainer:
         # Identical initial weights on every rank (DDP also broadcasts rank 0's).
         torch.manual_seed(config.train.seed)
         self.keypoint_net = build_keypoint_net(self.model_config).to(self.device).train()
+        if init is not None:  # before DDP and channels-last wrap it: every rank loads the same file
+            self._init_weights(Path(init))
         self.io_net = InlierNet(blocks=4).to(self.device).train() if config.model.with_io else None
         if config.train.channels_last:
             self.keypoint_net = self.keypoint_net.to(memory_format=torch.channels_last)
@@ -455,6 +473,22 @@ class Trainer:
             f"{self._learning_rates()}); the run stops without saving these weights. Try a smaller "
             f"optimizer.learning_rate; the last good checkpoint is {self._last_checkpoint_text()}"
         )
+
+    def _init_weights(self, path: Path) -> None:
+        """Start from the KeypointNet weights in ``path`` (a released KP2D ``.ckpt``, a project ``.safetensors`` such
+        as the bundled default model, or a trainer ``.pt``): fine-tuning. Step, optimizer and schedule start fresh,
+        and so does the IO-Net (the released files have none). The network must be the configuration's (dropout
+        aside, which has no weights); raises CheckpointError naming both otherwise."""
+        checkpoint = read_checkpoint(path)
+        source = normalize_model_config(checkpoint.model_config)
+        if _without_dropout(source) != _without_dropout(self.model_config):
+            raise CheckpointError(
+                f"--init {path}: its network {source} differs from the configuration's {self.model_config}; "
+                "train it with the config of the same version (the bundled default model: default_model)"
+            )
+        self.keypoint_net.load_state_dict(checkpoint.state_dict, strict=True)
+        if self.context.is_main:
+            LOGGER.info("starting from the weights of %s", path)
 
     def _load(self, path: Path) -> None:
         state = read_training_checkpoint(path)
