@@ -421,8 +421,14 @@ def test_cli_init_default_fine_tunes_the_bundled_model(image_folder, tmp_path, c
 
 
 def test_init_from_a_model_of_another_network_is_refused(image_folder, tmp_path):
-    with pytest.raises(CheckpointError, match=r"--init .* differs from the configuration's"):
+    with pytest.raises(ConfigError, match=r"--init .* differs from the configuration's"):
         Trainer(_config(image_folder, name="v0"), tmp_path / "run", init=default_checkpoint_path())
+    not_a_model = tmp_path / "photo.ckpt"
+    not_a_model.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    with pytest.raises(ConfigError, match=r"^--init: .*photo.ckpt"):
+        Trainer(_config(image_folder), tmp_path / "run2", init=not_a_model)
+    argv = ["v0", "--data", str(image_folder), "--init", "default", "--out", str(tmp_path / "run3"), *SMALL_RUN]
+    assert cli.main(argv) == 2  # a usage error, as a wrong --resume
 
 
 def test_init_and_resume_together_are_refused(image_folder, tmp_path):

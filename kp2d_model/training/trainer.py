@@ -478,11 +478,14 @@ class Trainer:
         """Start from the KeypointNet weights in ``path`` (a released KP2D ``.ckpt``, a project ``.safetensors`` such
         as the bundled default model, or a trainer ``.pt``): fine-tuning. Step, optimizer and schedule start fresh,
         and so does the IO-Net (the released files have none). The network must be the configuration's (dropout
-        aside, which has no weights); raises CheckpointError naming both otherwise."""
-        checkpoint = read_checkpoint(path)
+        aside, which has no weights). Raises ConfigError (a usage error) for an unreadable file or another network."""
+        try:
+            checkpoint = read_checkpoint(path)
+        except CheckpointError as error:
+            raise ConfigError(f"--init: {error}") from None
         source = normalize_model_config(checkpoint.model_config)
         if _without_dropout(source) != _without_dropout(self.model_config):
-            raise CheckpointError(
+            raise ConfigError(
                 f"--init {path}: its network {source} differs from the configuration's {self.model_config}; "
                 "train it with the config of the same version (the bundled default model: default_model)"
             )
