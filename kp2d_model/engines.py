@@ -235,6 +235,7 @@ def _auto(backend: BackendName, cuda: bool, int8_ready: bool) -> EngineChoice:
         if major is not None and major <= TENSORRT_LAST_FP16_FLAG:
             return EngineChoice(BackendName.TENSORRT, Precision.FP16, f"CUDA device, TensorRT {major} installed")
         if backend is BackendName.TENSORRT:  # TensorRT 11+: fp32 only from our fp32 graph
+            _check_pair(backend, Precision.FP32, cuda, int8_ready)  # raises when tensorrt is not installed
             return EngineChoice(BackendName.TENSORRT, Precision.FP32, f"CUDA device, TensorRT {major}: no fp16 flag")
         if backend in (BackendName.AUTO, BackendName.TORCH):
             reason = "CUDA device" if major is None else f"CUDA device; TensorRT {major} has no fp16 builder flag"

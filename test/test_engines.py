@@ -296,6 +296,12 @@ def test_auto_on_cuda_takes_tensorrt_fp16_only_where_the_builder_has_it(monkeypa
         assert f"TensorRT {major}" in choice.reason
 
 
+def test_auto_with_backend_tensorrt_but_no_tensorrt_names_the_missing_package(monkeypatch) -> None:
+    monkeypatch.setattr(engines, "_installed", lambda module: module != "tensorrt")
+    with pytest.raises(EngineError, match="backend tensorrt needs the Python package 'tensorrt'"):
+        engines.resolve_engine("auto", "tensorrt", torch.device("cuda"))
+
+
 # --- command lines ----------------------------------------------------------------------------------------------
 
 
