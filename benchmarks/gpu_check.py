@@ -19,8 +19,8 @@ Goals from issue 14: >= 300 FPS for the network, >= 60 FPS through the node.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import inspect
 import json
 import os
 import queue
@@ -28,6 +28,7 @@ import statistics
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import cv2
 import numpy as np
@@ -106,17 +107,13 @@ def frame_path_fps(detector: KeypointDetector, frames: list[np.ndarray], overlap
 
 def tf32_effect(detector: KeypointDetector, cpu: KeypointDetector, image: np.ndarray) -> dict[str, float]:
     """Largest difference of the raw head outputs (score, center shift in cells, features) from the CPU fp32 ones,
-    for the CUDA fp32 engine (IEEE fp32) and for the same network with TF32 convolutions."""
+    for the CUDA fp32 engine (IEEE fp32) and for the same engine with PyTorch's default cuDNN settings (TF32
+    convolutions), i.e. without ``engines.cudnn_settings``."""
     batch = detector._prepare(image).padded[None]  # noqa: SLF001
     reference = cpu.engine.forward(batch)
     ieee = detector.engine.forward(batch)
-    flags = {"enabled": True, "benchmark": True, "deterministic": False, "allow_tf32": True}
-    if "fp32_precision" in inspect.signature(torch.backends.cudnn.flags).parameters:
-        flags["fp32_precision"] = "tf32"
-    tensor = torch.from_numpy(batch).to(detector.device).permute(0, 3, 1, 2).float().div_(255.0)
-    tensor = engines.normalize_image(tensor).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), torch.backends.cudnn.flags(**flags):
-        tf32 = engines.DenseOutputs(*(out.float() for out in detector.engine.heads.trunk.heads(tensor)))
+    with mock.patch.object(engines, "cudnn_settings", lambda *_: contextlib.nullcontext()):
+        tf32 = detector.engine.forward(batch)
     result = {}
     for name, outputs in (("ieee", ieee), ("tf32", tf32)):
         for field in dataclasses.fields(reference):

@@ -918,9 +918,7 @@ def build_detector(values: dict[str, Any]) -> KeypointDetector:
     if values["num_threads"] > 0:
         torch.set_num_threads(values["num_threads"])
     width, height = values["input_width"], values["input_height"]
-    if str(values["device"]).startswith("cuda") or (values["device"] == "auto" and torch.cuda.is_available()):
-        torch.backends.cudnn.benchmark = True  # a camera keeps its frame size: tune cuDNN's kernels once for it
-    return KeypointDetector(
+    detector = KeypointDetector(
         checkpoint=model or None,
         device=values["device"],
         half=values["half"],
@@ -930,6 +928,9 @@ def build_detector(values: dict[str, Any]) -> KeypointDetector:
         backend=values["backend"],
         calibration=values["calibration"] or None,
     )
+    if detector.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # a camera keeps its frame size: tune cuDNN's kernels once for it
+    return detector
 
 
 def main(args: list[str] | None = None) -> int:
