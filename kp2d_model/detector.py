@@ -5,8 +5,8 @@ network) -> optional resize to ``input_size`` or by ``input_scale`` -> replicate
 multiple of the network's stride -> normalise -> network (BatchNorm folded into the convolutions, channels-last) ->
 one keypoint per cell -> optional cell NMS, ``score > score_threshold``, drop points in the padding ->
 ``top_k`` by score -> descriptors sampled at the kept keypoints only (for KeyPointNet the descriptor
-head's last 3x3 conv is evaluated only at the map positions the bilinear sampling reads) -> coordinates
-mapped back to the input image.
+head's last 3x3 conv is evaluated at the keypoints only, in every engine but TensorRT:
+``sample_conv3x3_descriptors``) -> coordinates mapped back to the input image.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from kp2d_model.networks import KeypointNet, KeypointResnet, sample_descriptors,
 __all__ = [
     "Detections",
     "KeypointDetector",
+    "LastConv",
     "fuse_batchnorm",
     "network_input_size",
     "resolve_device",
@@ -46,6 +47,7 @@ __all__ = [
 ]
 
 LOG = logging.getLogger("kp2d_model.detector")
+SPARSE_CONV_CHUNK = 256  # points per step of sample_conv3x3_descriptors
 CALIBRATION_SIZE = (640, 480)  # (W, H) the INT8 calibration photos are resized to (then input_scale applies)
 
 
@@ -113,34 +115,81 @@ def fuse_batchnorm(net: nn.Module) -> nn.Module:
     return fused
 
 
-def sample_conv3x3_descriptors(
-    features: torch.Tensor, conv: nn.Conv2d, points: torch.Tensor, height: int, width: int
-) -> torch.Tensor:
-    """Descriptors ``(N, D)`` = ``conv(features)`` sampled bilinearly (align_corners=True) at ``points``, L2-normalised.
+@dataclass(frozen=True)
+class LastConv:
+    """KeyPointNet's last descriptor conv (3x3, stride 1, zero padding 1, C -> D) as one matrix, for
+    :func:`sample_conv3x3_descriptors`.
 
-    Equals ``sample_descriptors(conv(features), ...)`` but evaluates the 3x3 convolution (stride 1, padding
-    1) only at the 4 map positions around each point, not over the whole map. features: ``(C, h, w)``
-    (the map of an ``height x width`` image); points: ``(N, 2)`` pixels x, y.
+    weight: ``(9C, D)``, rows in (ky, kx, c) order, in the dtype the product runs in; bias: ``(D,)`` float32;
+    pad_value: the input value of the conv's zero padding. For a UINT8 input map (an INT8 engine's,
+    ``scale * (q - zero_point)``) the scale is folded into weight and bias and pad_value is the zero point, so
+    the map is used as it comes.
     """
-    channels, map_h, map_w = features.shape
-    # sample_descriptors' pixel -> [-1, 1] mapping, then grid_sample's (align_corners=True) [-1, 1] -> map position;
-    # u = x / (W - 1) * (w - 1) written out in the same float operations.
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    pad_value: float
+
+    @classmethod
+    def from_conv(
+        cls,
+        conv: nn.Conv2d,
+        quantization: engines.FeatureQuantization | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> LastConv:
+        with torch.no_grad():
+            weight = conv.weight.detach().permute(0, 2, 3, 1).reshape(conv.out_channels, -1).float()  # (D, 9C)
+            bias = conv.bias.detach().float() if conv.bias is not None else weight.new_zeros(conv.out_channels)
+            if quantization is None:
+                return cls(weight.T.contiguous().to(dtype), bias.contiguous(), 0.0)
+            scale, zero_point = quantization.scale, quantization.zero_point
+            bias = bias - scale * zero_point * weight.sum(dim=1)
+            return cls((weight * scale).T.contiguous().to(dtype), bias.contiguous(), float(zero_point))
+
+    def dense(self, features: torch.Tensor) -> torch.Tensor:
+        """The conv over a whole ``(B, h, w, C)`` input map -> ``(B, D, h, w)`` float32 (``run_dense``)."""
+        values = F.pad(features.float().permute(0, 3, 1, 2), (1, 1, 1, 1), value=self.pad_value)
+        kernel = self.weight.float().T.reshape(-1, 3, 3, features.shape[-1]).permute(0, 3, 1, 2)  # (D, C, 3, 3)
+        return F.conv2d(values, kernel, self.bias)
+
+
+def sample_conv3x3_descriptors(
+    features: torch.Tensor, conv: LastConv, points: torch.Tensor, height: int, width: int
+) -> torch.Tensor:
+    """Descriptors ``(N, D)`` = the conv of ``features`` sampled bilinearly (align_corners=True) at ``points``,
+    L2-normalised, computed at the points only.
+
+    features: ``(h, w, C)`` channels last, float or UINT8 (``conv`` says), the input map of an ``height x
+    width`` image; points: ``(N, 2)`` float32 pixels x, y. The conv and bilinear sampling are both linear and the
+    4 bilinear weights sum to 1, so the sample of the conv's output at a point is the conv of the 3x3 taps of
+    the input sampled at the point plus each tap offset: one ``(N, 9C) x (9C, D)`` product, a quarter of the
+    arithmetic of the conv at the 4 map positions each point reads (1,000 points: 0.59 of 11.3 GMAC dense at
+    640x480). Every tap is read from the point's 4x4 input window (positions outside the map: the padding value).
+    """
+    map_h, map_w, channels = features.shape
+    # sample_descriptors' pixel -> [-1, 1] mapping, then grid_sample's (align_corners=True) [-1, 1] -> map position.
     u = (points[:, 0] / ((width - 1) / 2.0) - 1.0 + 1.0) / 2.0 * (map_w - 1)
     v = (points[:, 1] / ((height - 1) / 2.0) - 1.0 + 1.0) / 2.0 * (map_h - 1)
     x0, y0 = u.floor(), v.floor()
-    fx, fy = u - x0, v - y0
-    x0, y0 = x0.long(), y0.long()
-    xs = torch.stack([x0, x0 + 1, x0, x0 + 1], dim=1).clamp_(0, map_w - 1)  # (N, 4); a clamped one has weight 0
-    ys = torch.stack([y0, y0, y0 + 1, y0 + 1], dim=1).clamp_(0, map_h - 1)
-    weights = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], dim=1)  # (N, 4)
-    padded = F.pad(features, (1, 1, 1, 1)).permute(1, 2, 0).contiguous()  # (h+2, w+2, C), the conv's zero padding
-    offsets = torch.arange(3, device=features.device)
-    rows = ys.reshape(-1, 1, 1) + offsets.reshape(1, 3, 1)  # (4N, 3, 1) padded-map rows of each 3x3 window
-    cols = xs.reshape(-1, 1, 1) + offsets.reshape(1, 1, 3)  # (4N, 1, 3)
-    patches = padded[rows, cols].reshape(-1, 9 * channels)  # (4N, 9C) ordered (ky, kx, c)
-    weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, 9 * channels)  # same (ky, kx, c) order
-    values = torch.addmm(conv.bias, patches, weight.T)  # (4N, D)
-    descriptors = (values.reshape(-1, 4, conv.out_channels) * weights.unsqueeze(-1)).sum(dim=1)
+    fx, fy = (u - x0).reshape(-1, 1, 1, 1), (v - y0).reshape(-1, 1, 1, 1)
+    window = torch.arange(-1, 3, device=features.device)
+    rows, cols = y0.long()[:, None] + window, x0.long()[:, None] + window  # (N, 4) each
+    inside = ((rows >= 0) & (rows < map_h))[:, :, None] & ((cols >= 0) & (cols < map_w))[:, None, :]  # (N, 4, 4)
+    flat = rows.clamp(0, map_h - 1)[:, :, None] * map_w + cols.clamp(0, map_w - 1)[:, None, :]
+    table = features.reshape(-1, channels)
+    products = []
+    # Chunks of points keep the temporaries at a few MB: 1,000 points at once allocate ~40 MB per call, which
+    # glibc's malloc hands back to the system after each call and page-faults in again (4 -> 17 ms measured).
+    for start in range(0, points.shape[0], SPARSE_CONV_CHUNK):
+        part = slice(start, start + SPARSE_CONV_CHUNK)
+        taps = table.index_select(0, flat[part].reshape(-1)).reshape(-1, 4, 4, channels)
+        if not bool(inside[part].all()):  # near the border: the conv's zero padding
+            taps = taps.masked_fill(~inside[part, :, :, None], conv.pad_value)
+        taps = taps.float()
+        across = torch.lerp(taps[:, :, 0:3], taps[:, :, 1:4], fx[part])  # (n, 4, 3, C): x interpolated
+        sampled = torch.lerp(across[:, 0:3], across[:, 1:4], fy[part]).reshape(-1, 9 * channels)
+        products.append(torch.mm(sampled.to(conv.weight.dtype), conv.weight))
+    descriptors = torch.cat(products).float() + conv.bias
     return descriptors / torch.linalg.vector_norm(descriptors, dim=1, keepdim=True)
 
 
@@ -307,8 +356,10 @@ class KeypointDetector:
         # BatchNorm folded, dropout removed: no train/eval-dependent layer is left, so the train-mode forward
         # is the eval computation returning the dense descriptor map instead of sampling it at every cell.
         self._trunk = fuse_batchnorm(network).to(memory_format=torch.channels_last).train()
-        # KeypointNet: the descriptor head's last 3x3 conv is evaluated only around the kept keypoints.
+        # KeyPointNet: the descriptor head's last 3x3 conv is evaluated only at the kept keypoints (``_last_conv``,
+        # set with the engine) unless the engine runs it densely.
         self._descriptor_conv: nn.Conv2d | None = None
+        self._last_conv: LastConv | None = None
         if isinstance(network, KeypointNet):
             self._descriptor_conv = self._trunk.convFbb
             self._trunk.convFbb = nn.Identity()
@@ -341,9 +392,7 @@ class KeypointDetector:
             BackendName.TORCH, Precision.FP32, f"{rejected.backend.value} {rejected.precision.value} failed the "
             f"agreement check ({within:.0%} of keypoints within 1 px of fp32)"
         )  # fmt: skip
-        if getattr(self, "_descriptor_conv_fp32", None) is not None:
-            self._descriptor_conv = self._descriptor_conv_fp32
-        self.engine = engines.TorchBackend(self.dense_heads(), self.device, Precision.FP32)
+        self.engine = self._build_engine(self.engine_choice, None)
 
     def _set_selection(self, top_k, score_threshold, nms_radius, input_size, input_scale) -> None:  # noqa: ANN001
         if nms_radius < 0 or int(nms_radius) != nms_radius:
@@ -381,36 +430,55 @@ class KeypointDetector:
     def dense_heads(self, with_descriptor_conv: bool = False) -> DenseHeads:
         """The graph the engines run (a copy holding KeyPointNet's last descriptor conv when asked)."""
         trunk = self._trunk
-        conv = self._descriptor_conv or getattr(self, "_descriptor_conv_fp32", None)
-        if with_descriptor_conv and conv is not None:
+        if with_descriptor_conv and self._descriptor_conv is not None:
             trunk = copy.deepcopy(self._trunk)
-            trunk.convFbb = conv
+            trunk.convFbb = self._descriptor_conv
         return DenseHeads(trunk)
 
     def _build_engine(self, choice: EngineChoice, calibration: object) -> engines.Backend:
+        """The engine for ``choice``. For KeyPointNet every engine but TensorRT stops before the descriptor head's
+        last conv and returns its input map channels last; the detector evaluates the conv at the keypoints only
+        (``self._last_conv``; 1,000 keypoints at 640x480: 0.59 of the dense conv's 11.3 GMAC). TensorRT runs
+        the whole network (``self._last_conv`` None)."""
+        cut = self._descriptor_conv is not None and choice.backend is not BackendName.TENSORRT
+        self._last_conv = None
         if choice.backend is BackendName.TORCH:
-            return engines.TorchBackend(self.dense_heads(), self.device, choice.precision)
-        # The engines run the whole network, KeyPointNet's last descriptor conv included: in a reduced-precision
-        # engine the dense conv costs less than the float32 conv at the keypoints (docs/inference.md, "Engines").
-        self._descriptor_conv_fp32, self._descriptor_conv = self._descriptor_conv, None
+            self._last_conv = self._float_last_conv()
+            return engines.TorchBackend(self.dense_heads(), self.device, choice.precision, channels_last=cut)
         options = {"device": self.device, "precision": choice.precision, "threads": torch.get_num_threads()}
-        if choice.precision is Precision.INT8 and calibration is None:
-            return engines.BACKENDS[choice.backend](onnx_path=self._bundled_int8, **options)
+        options["channels_last"] = cut
+        bf16 = torch.bfloat16 if engines.cpu_capabilities() & {"avx512_bf16", "amx_bf16"} else torch.float32
         with tempfile.TemporaryDirectory(prefix="kp2d-engine-") as workdir:
-            onnx_path = engines.export_onnx(
-                self.dense_heads(with_descriptor_conv=True),
-                Path(workdir) / "dense_heads.onnx",
-                self.export_metadata(descriptor_conv="included"),
-                channels=1 if self.grey_input else 3,
-            )
+            if choice.precision is Precision.INT8 and calibration is None:
+                onnx_path = self._bundled_int8
+            else:  # INT8 is calibrated on the whole graph and cut below; the float graphs are exported cut
+                whole = not cut or choice.precision is Precision.INT8
+                onnx_path = engines.export_onnx(
+                    self.dense_heads(with_descriptor_conv=whole),
+                    Path(workdir) / "dense_heads.onnx",
+                    self.export_metadata(descriptor_conv="included" if whole else "separate"),
+                    channels=1 if self.grey_input else 3,
+                )
             if choice.precision is Precision.INT8:
-                batches = [image[None] for image in self.calibration_batches(calibration)]
-                onnx_path = engines.cached_int8_graph(onnx_path, batches)
+                if calibration is not None:
+                    batches = [image[None] for image in self.calibration_batches(calibration)]
+                    onnx_path = engines.cached_int8_graph(onnx_path, batches)
+                if cut:  # the conv's UINT8 input, its scale folded into the conv; products in bf16 where native
+                    quantization = engines.cut_before_last_conv(onnx_path, Path(workdir) / "dense_heads_cut.onnx")
+                    onnx_path = Path(workdir) / "dense_heads_cut.onnx"
+                    self._last_conv = LastConv.from_conv(self._descriptor_conv, quantization, bf16)
+            elif cut:
+                product = bf16 if choice.precision is Precision.BF16 else torch.float32
+                self._last_conv = LastConv.from_conv(self._descriptor_conv, dtype=product)
             if choice.backend is BackendName.TENSORRT:  # the engine is built once and cached next to the graph
                 onnx_path = engines.cache_dir() / f"dense_heads_{engines.file_sha256(onnx_path)[:16]}.onnx"
                 if not onnx_path.is_file():
                     shutil.copyfile(Path(workdir) / "dense_heads.onnx", onnx_path)
             return engines.BACKENDS[choice.backend](onnx_path=onnx_path, **options)
+
+    def _float_last_conv(self) -> LastConv | None:
+        """KeyPointNet's last descriptor conv for a float32 input map (None for other networks)."""
+        return None if self._descriptor_conv is None else LastConv.from_conv(self._descriptor_conv)
 
     def calibration_batches(self, calibration: object) -> list[np.ndarray]:
         """INT8 calibration inputs ``(480, 640, C)`` uint8: each photo resized to 640x480 (INTER_AREA; the same
@@ -444,7 +512,7 @@ class KeypointDetector:
         self.stride, self.cell = int(metadata["stride"]), int(metadata["cell"])
         self.cross_ratio, self.grey_input = float(metadata["cross_ratio"]), int(metadata["channels"]) == 1
         self.align_corners, self._descriptor_dim = bool(metadata["align_corners"]), int(metadata["descriptor_dim"])
-        self._descriptor_conv = None
+        self._descriptor_conv, self._last_conv = None, None
         file_precision = Precision(metadata["precision"])
         requested = engines.parse_choice(Precision, precision, "precision")
         if requested in (Precision.AUTO, Precision.FP32) or requested is file_precision:
@@ -593,7 +661,8 @@ class KeypointDetector:
 
     def _run_trunk(self, batch_bgr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(B, H, W, C)`` uint8 BGR (or grey, C = 1), H and W multiples of the stride -> float32 score, coord and
-        the dense map before ``self._descriptor_conv`` (when set; else the dense descriptor map).
+        the descriptor source: with ``self._last_conv`` the input map of KeyPointNet's last conv, channels last
+        ``(B, h, w, C)`` (float32, or UINT8 from an INT8 engine), else the dense descriptor map ``(B, D, h, w)``.
 
         The engine returns the heads' raw outputs; the border mask and the pixel coordinates are computed
         here in float32 whatever the engine's precision (bf16 cannot hold pixel positions: 8 mantissa bits)."""
@@ -603,16 +672,26 @@ class KeypointDetector:
             score, coord = score_and_coord(
                 dense.score.float(), dense.center_shift.float(), self.cell, self.cross_ratio, height, width
             )
-        return score, coord, dense.features.float()
+        return score, coord, dense.features
 
     def run_dense(self, batch_bgr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The inference network's full output for a prepared batch (see ``_run_trunk``): float32 score
         ``(B, 1, Hc, Wc)``, coord ``(B, 2, Hc, Wc)`` and the dense (unnormalised) descriptor map ``(B, D, h, w)``."""
         score, coord, features = self._run_trunk(batch_bgr)
-        if self._descriptor_conv is not None:
+        if self._last_conv is not None:
             with torch.inference_mode():
-                features = self._descriptor_conv(features)
+                features = self._last_conv.dense(features)
         return score, coord, features
+
+    def describe_points(self, features: torch.Tensor, points: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """L2-normalised descriptors ``(N, D)`` at ``points`` ``(N, 2)`` (pixels of the ``height x width`` network
+        input) from one image's descriptor source (``_run_trunk``'s third output, batch index taken)."""
+        if points.shape[0] == 0:
+            return points.new_zeros((0, self.descriptor_dim))
+        if self._last_conv is not None:
+            return sample_conv3x3_descriptors(features, self._last_conv, points, height, width)
+        grid = points.T.reshape(1, 2, 1, -1)
+        return sample_descriptors(features[None], grid, height, width, self.align_corners)[0, :, 0].T
 
     def _detect_group(self, items: list[_Prepared], selection: _Selection) -> list[Detections]:
         batch = np.stack([item.padded for item in items])
@@ -639,7 +718,7 @@ class KeypointDetector:
         padded_w: int,
         selection: _Selection,
     ) -> Detections:
-        """score/keep ``(Hc, Wc)``, coord ``(2, Hc, Wc)``, features ``(C, h, w)`` -> Detections of one image."""
+        """score/keep ``(Hc, Wc)``, coord ``(2, Hc, Wc)``, features: one image's descriptor source -> Detections."""
         valid_w, valid_h = item.valid_size
         input_w, input_h = item.input_size
         resized = (valid_w, valid_h) != (input_w, input_h)
@@ -658,16 +737,7 @@ class KeypointDetector:
         else:
             scores, order = torch.sort(scores, descending=True, stable=True)
         points = points[order]
-        if points.shape[0] == 0:
-            descriptors = points.new_zeros((0, self.descriptor_dim))
-        elif self._descriptor_conv is not None and 8 * points.shape[0] < features.shape[1] * features.shape[2]:
-            # Few keypoints for the map size: the conv at their 4N neighbours costs under half the dense conv
-            # (the gather adds about as much again; measured break-even near 4N = map size).
-            descriptors = sample_conv3x3_descriptors(features, self._descriptor_conv, points, padded_h, padded_w)
-        else:
-            dense = features[None] if self._descriptor_conv is None else self._descriptor_conv(features[None])
-            grid = points.T.reshape(1, 2, 1, -1)
-            descriptors = sample_descriptors(dense, grid, padded_h, padded_w, self.align_corners)[0, :, 0].T
+        descriptors = self.describe_points(features, points, padded_h, padded_w)
         if resized:
             points = to_image_pixels(points, (valid_w, valid_h), (input_w, input_h))
         return Detections(points.contiguous(), scores.contiguous(), descriptors.contiguous(), (input_w, input_h))

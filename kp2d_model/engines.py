@@ -44,8 +44,10 @@ __all__ = [
     "DenseHeads",
     "DenseOutputs",
     "EngineError",
+    "FeatureQuantization",
     "Precision",
     "cpu_capabilities",
+    "cut_before_last_conv",
     "export_onnx",
     "parse_choice",
     "quantize_onnx_int8",
@@ -107,13 +109,24 @@ class DenseOutputs:
     """The network's raw head outputs, float32 torch tensors on the detector's device.
 
     score: ``(B, 1, Hc, Wc)`` sigmoid in [0, 1], border cells not yet zeroed; center_shift: ``(B, 2, Hc, Wc)``
-    tanh in [-1, 1] (x, y); features: ``(B, C, h, w)`` the map before the descriptor head's last conv when
-    the detector evaluates that conv itself (KeyPointNet), else the dense descriptor map.
+    tanh in [-1, 1] (x, y); features: the dense descriptor map ``(B, D, h, w)``, or, from an engine built with
+    ``channels_last=True`` on a graph without KeyPointNet's last descriptor conv, that conv's input map
+    ``(B, h, w, C)`` (float32, or UINT8 from a cut INT8 graph: :class:`FeatureQuantization`), which the detector
+    convolves at the keypoints only.
     """
 
     score: torch.Tensor
     center_shift: torch.Tensor
     features: torch.Tensor
+
+
+@dataclass(frozen=True)
+class FeatureQuantization:
+    """An INT8 graph cut before KeyPointNet's last descriptor conv (:func:`cut_before_last_conv`) returns that
+    conv's input as the UINT8 tensor INT8 already holds: real value ``scale * (q - zero_point)``."""
+
+    scale: float
+    zero_point: int
 
 
 class DenseHeads(nn.Module):
@@ -418,6 +431,65 @@ def cached_int8_graph(fp32_path: str | Path, calibration_batches: Sequence[np.nd
     return path
 
 
+def cut_before_last_conv(int8_path: str | Path, out_path: str | Path) -> FeatureQuantization:
+    """The INT8 graph of a KeyPointNet without its last descriptor conv: the third output is that conv's UINT8
+    input (the QuantizeLinear before it, renamed ``features``) instead of the dense descriptor map.
+
+    The dense conv is 11.3 of the network's 52.7 GMAC at 640x480 (12-13 ms of ~65 ms in OpenVINO INT8 on an
+    AVX512-VNNI CPU); at 1,000 keypoints the detector's sampled conv costs a fraction of that (docs/inference.md,
+    "Precision and engines"). Written to ``out_path`` (~50 ms; the detector cuts into a temporary folder, so
+    nothing is cached). EngineError when the graph's ``features`` output is not a Conv reading a
+    DequantizeLinear of a QuantizeLinear (not a KeyPointNet QDQ graph).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(int8_path))
+    producers = {output: node for node in model.graph.node for output in node.output}
+    conv = producers.get("features")
+    dequantize = producers.get(conv.input[0]) if conv is not None and conv.op_type == "Conv" else None
+    if dequantize is not None and dequantize.op_type != "DequantizeLinear":
+        dequantize = None
+    quantize = producers.get(dequantize.input[0]) if dequantize is not None else None
+    if quantize is None or quantize.op_type != "QuantizeLinear":
+        raise EngineError(f"{int8_path}: 'features' is not a Conv on a quantised input; cannot cut its last conv")
+    initializers = {tensor.name: numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
+    scale, zero_point = (initializers.get(name) for name in dequantize.input[1:3])
+    if scale is None or zero_point is None or scale.size != 1 or zero_point.dtype != np.uint8:
+        raise EngineError(f"{int8_path}: the last conv's input is not per-tensor UINT8; cannot cut it")
+    readers = [node for node in model.graph.node if set(node.input) & {quantize.output[0], dequantize.output[0]}]
+    if readers != [dequantize, conv] and readers != [conv, dequantize]:
+        raise EngineError(f"{int8_path}: the last conv's quantised input feeds other nodes too; cannot cut it")
+    model.graph.node.remove(conv)
+    model.graph.node.remove(dequantize)
+    quantize.output[0] = "features"
+    kept = {id(node) for node in _ancestors(model, ["score", "center_shift", "features"])}
+    for node in [node for node in model.graph.node if id(node) not in kept]:
+        model.graph.node.remove(node)
+    used = {name for node in model.graph.node for name in node.input}
+    for initializer in [tensor for tensor in model.graph.initializer if tensor.name not in used]:
+        model.graph.initializer.remove(initializer)
+    features = next(output for output in model.graph.output if output.name == "features")
+    features.type.tensor_type.elem_type = onnx.TensorProto.UINT8
+    features.type.tensor_type.ClearField("shape")  # the conv's input channels: left to shape inference
+    onnx.save(model, str(out_path))
+    return FeatureQuantization(float(scale), int(zero_point))
+
+
+def _ancestors(model: Any, outputs: list[str]) -> list[Any]:
+    """The nodes of ``model`` that the named tensors depend on."""
+    producers = {output: node for node in model.graph.node for output in node.output}
+    needed, stack, seen = [], list(outputs), set()
+    while stack:
+        node = producers.get(stack.pop())
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        needed.append(node)
+        stack.extend(node.input)
+    return needed
+
+
 def cache_dir() -> Path:
     """Where built engines are kept: ``$KP2D_ENGINE_CACHE``, default ``~/.cache/kp2d`` (created)."""
     path = Path(os.environ.get("KP2D_ENGINE_CACHE", Path.home() / ".cache" / "kp2d"))
@@ -487,8 +559,10 @@ class TorchBackend:
 
     name = BackendName.TORCH
 
-    def __init__(self, heads: DenseHeads, device: torch.device, precision: Precision, **_: Any):
-        self.heads, self.device, self.precision = heads, device, precision
+    def __init__(
+        self, heads: DenseHeads, device: torch.device, precision: Precision, channels_last: bool = False, **_: Any
+    ):
+        self.heads, self.device, self.precision, self.channels_last = heads, device, precision, channels_last
         self.dtype = {Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}.get(precision)
 
     def forward(self, batch: np.ndarray) -> DenseOutputs:
@@ -502,7 +576,10 @@ class TorchBackend:
             else:
                 with torch.autocast(device_type=self.device.type, dtype=self.dtype):
                     outputs = self.heads.trunk.heads(tensor)
-        return DenseOutputs(*(output.float() for output in outputs))
+        score, center_shift, features = (output.float() for output in outputs)
+        if self.channels_last:  # the network runs channels last: (B, h, w, C) is a view of the same memory
+            features = features.permute(0, 2, 3, 1)
+        return DenseOutputs(score, center_shift, features)
 
 
 def cudnn_settings(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
@@ -535,18 +612,28 @@ class OnnxRuntimeBackend:
 
     name = BackendName.ONNXRUNTIME
 
-    def __init__(self, onnx_path: Path, device: torch.device, precision: Precision, threads: int, **_: Any):
+    def __init__(
+        self,
+        onnx_path: Path,
+        device: torch.device,
+        precision: Precision,
+        threads: int,
+        channels_last: bool = False,
+        **_: Any,
+    ):
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        self.device, self.precision = device, precision
+        self.device, self.precision, self.channels_last = device, precision, channels_last
 
     def forward(self, batch: np.ndarray) -> DenseOutputs:
-        outputs = self.session.run(None, {"image": np.ascontiguousarray(batch)})
-        return DenseOutputs(*(torch.from_numpy(output) for output in outputs))
+        score, center_shift, features = self.session.run(None, {"image": np.ascontiguousarray(batch)})
+        if self.channels_last:
+            features = np.ascontiguousarray(features.transpose(0, 2, 3, 1))
+        return DenseOutputs(*(torch.from_numpy(output) for output in (score, center_shift, features)))
 
 
 def openvino_float_hint(precision: Precision, caps: frozenset[str] | None = None) -> str:
@@ -572,11 +659,26 @@ class OpenVinoBackend:
     name = BackendName.OPENVINO
     max_compiled_shapes = 4
 
-    def __init__(self, onnx_path: Path, device: torch.device, precision: Precision, threads: int, **_: Any):
+    def __init__(
+        self,
+        onnx_path: Path,
+        device: torch.device,
+        precision: Precision,
+        threads: int,
+        channels_last: bool = False,
+        **_: Any,
+    ):
         import openvino
 
         self.core = openvino.Core()
         self.model = self.core.read_model(str(onnx_path))
+        if channels_last:  # written out in that layout by the plugin (its INT8 convolutions use it inside)
+            from openvino.preprocess import PrePostProcessor
+
+            steps = PrePostProcessor(self.model)
+            steps.output("features").model().set_layout(openvino.Layout("NCHW"))
+            steps.output("features").tensor().set_layout(openvino.Layout("NHWC"))
+            self.model = steps.build()
         self.device, self.precision = device, precision
         self.config = {"INFERENCE_PRECISION_HINT": openvino_float_hint(precision), "INFERENCE_NUM_THREADS": threads}
         self.config["PERFORMANCE_HINT"] = "LATENCY"

@@ -12,7 +12,8 @@ import torch
 
 import kp2d_model.detector as detector_module
 from kp2d_model.checkpoint import CheckpointError, build_keypoint_net, load_keypoint_net
-from kp2d_model.detector import Detections, KeypointDetector, sample_conv3x3_descriptors
+from kp2d_model.detector import Detections, KeypointDetector, LastConv, sample_conv3x3_descriptors
+from kp2d_model.engines import FeatureQuantization
 from kp2d_model.image import ImageFormatError, image_to_tensor
 from kp2d_model.networks import sample_descriptors
 
@@ -246,6 +247,29 @@ def test_sparse_last_conv_sampling_equals_dense_conv_then_sampling(height, width
     inside = torch.rand(50, 2, generator=generator) * torch.tensor([width - 1.0, height - 1.0])
     points = torch.cat([corners, inside])
     with torch.inference_mode():
-        sparse = sample_conv3x3_descriptors(features, conv, points, height, width)
+        sparse = sample_conv3x3_descriptors(features.permute(1, 2, 0), LastConv.from_conv(conv), points, height, width)
         dense = sample_descriptors(conv(features[None]), points.T.reshape(1, 2, 1, -1), height, width, True)
     assert torch.allclose(sparse, dense[0, :, 0].T, atol=1e-5)
+
+
+@pytest.mark.parametrize(("height", "width"), [(64, 96), (40, 56)])
+def test_last_conv_on_a_uint8_map_equals_the_dense_conv_of_the_dequantised_map(height, width):
+    """An INT8 engine's UINT8 map with its scale folded into the conv: the same descriptors as the float conv of
+    ``scale * (q - zero_point)``, border points included (the padding is the zero point, i.e. 0.0)."""
+    generator = torch.Generator().manual_seed(height)
+    conv = torch.nn.Conv2d(16, 24, 3, padding=1)
+    quantized = torch.randint(0, 256, (height // 4, width // 4, 16), generator=generator, dtype=torch.uint8)
+    quantization = FeatureQuantization(scale=0.03, zero_point=7)
+    corners = torch.tensor([[0.0, 0.0], [width - 1, 0.0], [0.0, height - 1], [width - 1, height - 1]])
+    inside = torch.rand(600, 2, generator=generator) * torch.tensor([width - 1.0, height - 1.0])  # 3 chunks of points
+    points = torch.cat([corners, inside])
+    with torch.inference_mode():
+        sparse = sample_conv3x3_descriptors(quantized, LastConv.from_conv(conv, quantization), points, height, width)
+        real = (0.03 * (quantized.float() - 7)).permute(2, 0, 1)[None]
+        dense = sample_descriptors(conv(real), points.T.reshape(1, 2, 1, -1), height, width, True)
+        assert torch.allclose(sparse, dense[0, :, 0].T, atol=1e-5)
+        dense_map = LastConv.from_conv(conv, quantization).dense(quantized[None])
+        assert torch.allclose(dense_map, conv(real), atol=1e-4)
+        bf16 = LastConv.from_conv(conv, quantization, torch.bfloat16)
+        cosine = (sample_conv3x3_descriptors(quantized, bf16, points, height, width) * sparse).sum(dim=1)
+        assert cosine.dtype == torch.float32 and cosine.min() > 0.999

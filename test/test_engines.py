@@ -18,6 +18,7 @@ from kp2d_model.detector import KeypointDetector
 from kp2d_model.engines import EngineError, Precision
 from kp2d_model.evaluation.cli import main as evaluate_main
 from kp2d_model.export import main as export_main
+from kp2d_model.networks import sample_descriptors
 
 onnxruntime = pytest.importorskip("onnxruntime")
 HAS_OPENVINO = engines._installed("openvino")  # noqa: SLF001
@@ -154,6 +155,11 @@ def test_onnxruntime_fp32_detector_finds_the_same_keypoints(checkpoint_path, ref
     assert fraction_within(found, expected, 1e-3) >= 0.99
     cosine = (found.descriptors[:250] * expected.descriptors[:250]).sum(dim=1)
     assert float(cosine.min()) > 0.999
+    # the exported graph stops before the descriptor head's last conv: its input map comes back channels last
+    batch = detector._prepare(photo_bgr).padded[None]  # noqa: SLF001
+    features = detector.engine.forward(batch).features
+    channels = detector._descriptor_conv.in_channels  # noqa: SLF001
+    assert features.shape == (1, batch.shape[1] // 4, batch.shape[2] // 4, channels)
 
 
 def test_exported_file_carries_its_metadata_and_runs_in_the_detector(checkpoint_path, reference, photo_bgr, tmp_path):
@@ -176,8 +182,12 @@ def test_openvino_keypoints_lie_within_one_pixel_of_fp32(checkpoint_path, refere
     detector = KeypointDetector(checkpoint_path, device="cpu", top_k=300, precision=precision, backend="openvino")
     found = detector(photo_bgr)
     assert len(found) == 300
-    assert fraction_within(found, reference(photo_bgr), 1.0) >= 0.9
+    expected = reference(photo_bgr)
+    assert fraction_within(found, expected, 1.0) >= 0.9
     assert float(torch.linalg.vector_norm(found.descriptors, dim=1).sub(1).abs().max()) < 1e-5  # fp32 normalisation
+    nearest = torch.cdist(found.keypoints, expected.keypoints).min(dim=1)
+    cosine = (found.descriptors * expected.descriptors[nearest.indices]).sum(dim=1)[nearest.values < 0.1]
+    assert float(cosine.median()) > 0.99
 
 
 def test_torch_bf16_keeps_coordinates_in_float32(checkpoint_path, reference, photo_bgr) -> None:
@@ -215,6 +225,45 @@ def test_int8_calibration_quantises_the_convolutions_and_is_cached(checkpoint_pa
     mtime = graph.stat().st_mtime_ns
     KeypointDetector(checkpoint_path, device="cpu", precision="int8", backend="onnxruntime", calibration=calibration)
     assert graph.stat().st_mtime_ns == mtime  # reused, not quantised again
+
+
+def test_int8_engines_stop_before_the_last_descriptor_conv_and_the_detector_runs_it_at_the_keypoints(
+    checkpoint_path, photo_bgr, tmp_path, monkeypatch
+):
+    """The cut INT8 graph's third output is the last conv's UINT8 input (channels last from the engine); the
+    descriptors the detector computes from it equal those of the dense INT8 graph's float conv of the same input."""
+    monkeypatch.setenv("KP2D_ENGINE_CACHE", str(tmp_path / "cache"))
+    calibration = synthetic_images(2)
+    detector = KeypointDetector(
+        checkpoint_path, device="cpu", top_k=300, precision="int8", backend="onnxruntime", calibration=calibration
+    )
+    (int8_graph,) = (tmp_path / "cache").glob("dense_heads_int8_*.onnx")
+    cut_path = tmp_path / "cut.onnx"
+    quantization = engines.cut_before_last_conv(int8_graph, cut_path)
+    assert 0 < quantization.scale and 0 <= quantization.zero_point <= 255
+    assert list((tmp_path / "cache").iterdir()) == [int8_graph]  # the cut is not cached
+    import onnx
+
+    cut = onnx.load(str(cut_path))
+    assert [output.name for output in cut.graph.output] == ["score", "center_shift", "features"]
+    producers = {output: node for node in cut.graph.node for output in node.output}
+    assert producers["features"].op_type == "QuantizeLinear"
+    batch = detector._prepare(photo_bgr).padded[None]  # noqa: SLF001
+    dense = detector.engine.forward(batch)
+    assert dense.features.dtype == torch.uint8 and detector._last_conv.pad_value == quantization.zero_point  # noqa: SLF001
+    channels = detector._descriptor_conv.in_channels  # noqa: SLF001
+    assert dense.features.shape[1:] == (batch.shape[1] // 4, batch.shape[2] // 4, channels)
+    # the uncut graph's dense conv, in float from the same UINT8 input: the same descriptors at the keypoints
+    whole = engines.OnnxRuntimeBackend(int8_graph, torch.device("cpu"), engines.Precision.INT8, threads=1)
+    found = detector(photo_bgr)
+    dense_map = whole.forward(batch).features  # float32 (1, D, h, w), the conv run by ONNX Runtime
+    height, width = batch.shape[1:3]
+    grid = found.keypoints.T.reshape(1, 2, 1, -1)  # the photo is not resized: network pixels = image pixels
+    expected = sample_descriptors(dense_map, grid, height, width, True)[0, :, 0].T
+    cosine = (found.descriptors * expected).sum(dim=1)
+    assert float(cosine.min()) > 0.999
+    with pytest.raises(EngineError, match="not a Conv on a quantised input"):
+        engines.cut_before_last_conv(cut_path, tmp_path / "again.onnx")
 
 
 @pytest.mark.skipif(not HAS_OPENVINO, reason="openvino not installed")

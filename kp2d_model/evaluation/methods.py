@@ -30,7 +30,7 @@ from kp2d_model.detector import (
 )
 from kp2d_model.engines import BackendName, Precision, resolve_engine
 from kp2d_model.image import normalize_image
-from kp2d_model.networks import KeypointNet, KeypointResnet, sample_descriptors
+from kp2d_model.networks import KeypointNet, KeypointResnet
 
 __all__ = [
     "BASELINE_CLASSES",
@@ -154,22 +154,22 @@ class KeyPointNetMethod:
             size = (network_w, network_h)
             images_bgr = [cv2.resize(image, size, interpolation=cv2.INTER_LINEAR) for image in images_bgr]
         if self.engine is not None:
-            score, coord, desc = self.engine._run_trunk(np.stack(images_bgr))  # noqa: SLF001
-            final_conv = self.engine._descriptor_conv  # noqa: SLF001 - None: the engine ran it densely
-            if final_conv is None:
-                desc = sample_descriptors(desc, coord, network_h, network_w, self.engine.align_corners)
+            score, coord, source = self.engine._run_trunk(np.stack(images_bgr))  # noqa: SLF001
+            with torch.inference_mode():  # the detector's descriptors at every cell's keypoint: (B, D, N)
+                cells = coord.flatten(2).transpose(1, 2)
+                describe = self.engine.describe_points
+                desc = torch.stack([describe(source[b], cells[b], network_h, network_w).T for b in range(len(cells))])
         else:
             batch = torch.from_numpy(np.stack(images_bgr)).to(self.device).permute(0, 3, 1, 2).float().div(255.0)
             batch = normalize_image(batch).contiguous(memory_format=self.memory_format)
             with torch.inference_mode():
                 score, coord, desc = self.network(batch)
-            final_conv = self.final_conv
-        with torch.inference_mode():
-            coord, score = coord.flatten(2), score.flatten(2)  # (B, 2, N), (B, 1, N): cells in raster order
-            if final_conv is None:
+            if self.final_conv is None:
                 desc = desc.flatten(2)
             else:
-                desc = descriptors_at_points(desc, final_conv, coord, network_h, network_w)
+                desc = descriptors_at_points(desc, self.final_conv, coord.flatten(2), network_h, network_w)
+        with torch.inference_mode():
+            coord, score = coord.flatten(2), score.flatten(2)  # (B, 2, N), (B, 1, N): cells in raster order
             if resized:  # back to the image's pixels, as the detector maps them
                 coord = to_image_pixels(coord.transpose(1, 2), (network_w, network_h), (width, height)).transpose(1, 2)
             points = torch.cat([coord, score], dim=1).transpose(1, 2).float().cpu().numpy()  # (B, N, 3)
