@@ -672,7 +672,7 @@ class KeypointDetector:
             score, coord = score_and_coord(
                 dense.score.float(), dense.center_shift.float(), self.cell, self.cross_ratio, height, width
             )
-        return score, coord, dense.features
+        return score, coord, dense.features if self._last_conv is not None else dense.features.float()
 
     def run_dense(self, batch_bgr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The inference network's full output for a prepared batch (see ``_run_trunk``): float32 score
