@@ -412,9 +412,14 @@ def _float_graph_outputs(model: Any) -> None:
         producer.output[list(producer.output).index(quantize.input[0])] = graph_output.name
         model.graph.node.remove(quantize)
         model.graph.node.remove(dequantize)
+    _remove_unused_initializers(model)  # the pair's scale and zero point
+
+
+def _remove_unused_initializers(model: Any) -> None:
+    """Drop the initializers no node reads any more (ONNX Runtime warns about orphans)."""
     used = {name for node in model.graph.node for name in node.input}
     for initializer in [tensor for tensor in model.graph.initializer if tensor.name not in used]:
-        model.graph.initializer.remove(initializer)  # the pair's scale and zero point: unused now
+        model.graph.initializer.remove(initializer)
 
 
 def cached_int8_graph(fp32_path: str | Path, calibration_batches: Sequence[np.ndarray]) -> Path:
@@ -466,9 +471,7 @@ def cut_before_last_conv(int8_path: str | Path, out_path: str | Path) -> Feature
     kept = {id(node) for node in _ancestors(model, ["score", "center_shift", "features"])}
     for node in [node for node in model.graph.node if id(node) not in kept]:
         model.graph.node.remove(node)
-    used = {name for node in model.graph.node for name in node.input}
-    for initializer in [tensor for tensor in model.graph.initializer if tensor.name not in used]:
-        model.graph.initializer.remove(initializer)
+    _remove_unused_initializers(model)
     features = next(output for output in model.graph.output if output.name == "features")
     features.type.tensor_type.elem_type = onnx.TensorProto.UINT8
     features.type.tensor_type.ClearField("shape")  # the conv's input channels: left to shape inference
