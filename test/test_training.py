@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import cv2
@@ -337,6 +338,24 @@ def test_resume_gives_the_same_next_step_losses_as_an_uninterrupted_run(image_fo
     assert (final_resumed["step"], final_resumed["epoch"]) == (4, 1)
     for name, value in final_straight["keypoint_net"].items():
         assert torch.allclose(final_resumed["keypoint_net"][name].float(), value.float(), atol=1e-5), name
+
+
+def test_max_steps_on_the_last_batch_of_an_epoch_closes_that_epoch(image_folder, tmp_path):
+    # 6 images, batch 2: step 3 is the epoch's last batch. The run that trained it closes the epoch (decay,
+    # epoch count, epoch checkpoint, evaluation); the resumed run starts epoch 2, without PyTorch's warning
+    # about the scheduler stepping before the optimizer.
+    first = Trainer(_config(image_folder, "train.max_steps=3", "log.image_every=0"), tmp_path / "run").fit()
+    assert first.epochs_completed == 1
+    assert (read_training_checkpoint(first.checkpoint)["epoch"]) == 1
+    resumed = Trainer(_config(image_folder, "train.max_steps=4", "log.image_every=0"), tmp_path / "run",
+                      resume=first.checkpoint)  # fmt: skip
+    assert (resumed.step, resumed.epoch, resumed.samples_in_epoch) == (3, 1, 0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = resumed.fit()
+    assert not [w for w in caught if "lr_scheduler" in str(w.message)]
+    assert result.steps == 4
+    assert read_training_checkpoint(result.checkpoint)["epoch"] == 1
 
 
 def test_a_new_run_refuses_to_overwrite_an_existing_run_folder(image_folder, tmp_path):

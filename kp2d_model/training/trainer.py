@@ -33,6 +33,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -795,7 +796,7 @@ class Trainer:
                     if finished_epoch:
                         self.epoch += 1
                         self.samples_in_epoch = 0
-                        self.scheduler.step()
+                        self._step_scheduler()
                         result.epochs_completed = self.epoch
                         self._save_epoch_checkpoints(config.train.keep_epoch_checkpoints)
                         self._evaluate()
@@ -815,6 +816,15 @@ class Trainer:
             )
         return result
 
+    def _step_scheduler(self) -> None:
+        """Advance the learning-rate schedule by one epoch.
+
+        A run resumed after a stop on an epoch's last batch closes that epoch before its own first optimizer step;
+        PyTorch's scheduler takes that for the wrong call order and warns, wrongly here (its state was restored)."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.scheduler.step()
+
     def _run_epoch(self, result: TrainResult, max_steps: int) -> bool:
         """Train on the rest of the current epoch; returns whether the epoch was completed."""
         config = self.config
@@ -828,6 +838,7 @@ class Trainer:
             dynamic_ncols=True,
             disable=not (self.context.is_main and config.log.progress),
         )
+        remaining = len(self.sampler)  # this process's samples of the epoch still to train on
         iterator = iter(self.loader)
         try:
             while True:
@@ -852,6 +863,7 @@ class Trainer:
                         raise self._out_of_memory(error) from None
                     raise
                 self.samples_in_epoch += images.shape[0]
+                remaining -= images.shape[0]
                 seconds = time.perf_counter() - started
                 result.history.append(terms)
                 self._log_step(terms, seconds, images)
@@ -871,7 +883,9 @@ class Trainer:
                     result.interrupted = True
                     return False
                 if max_steps and self.step >= max_steps:
-                    return False
+                    # On the epoch's last batch the epoch is complete: closed here (decay, epoch checkpoint,
+                    # evaluation), not by a resumed run with no step of its own.
+                    return remaining <= 0
         finally:
             progress.close()
             del iterator
