@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python=.venv/bin/python
 $python benchmarks/bench_inference.py
+$python benchmarks/bench_layer_rates.py
 $python benchmarks/bench_evaluation.py --json benchmarks/results/evaluation.json
 $python benchmarks/bench_training.py
 $python benchmarks/bench_node.py
