@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kp2d_model.matching import Matches, MatchingError, match_descriptors, verify_geometry
+from kp2d_model.matching import Matches, MatchingError, match_descriptors, rows_product, verify_geometry
 
 
 def unit_descriptors(rng: np.random.Generator, count: int, dim: int = 32) -> np.ndarray:
@@ -296,3 +296,29 @@ def test_exact_duplicates_match_at_distance_zero_and_ties_go_to_the_first_index(
     assert matches.index_b[0] == 0 and matches.distance[0] == 0.0
     np.testing.assert_array_equal(matches.index_b[1:], np.arange(2, 51))
     assert (matches.distance == 0).all()
+
+
+@pytest.mark.parametrize("shape_a, shape_b", [((1000, 272), (900, 272)), ((1, 16), (3, 16)), ((5, 7), (1, 7))])
+def test_rows_product_is_the_float32_matrix_product(shape_a, shape_b):
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(*shape_a, generator=generator), torch.randn(*shape_b, generator=generator)
+    product = rows_product(a, b)
+    assert product.shape == (a.shape[0], b.shape[0]) and product.dtype == torch.float32
+    exact = a.double() @ b.double().T
+    # Any float32 summation order: |error| <= gamma_K * sum_k |a_ik b_jk| (Higham).
+    bound = gamma(a.shape[1]) * (a.double().abs() @ b.double().abs().T)
+    assert bool(((product.double() - exact).abs() <= bound).all())
+
+
+def test_rows_product_without_onednn_is_the_same_product(monkeypatch):
+    a, b = torch.randn(50, 24), torch.randn(30, 24)
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    assert torch.allclose(rows_product(a, b), a @ b.T, atol=1e-5)
+
+
+def test_rows_product_takes_non_contiguous_and_empty_inputs():
+    a = torch.randn(64, 40)[:, :32]  # rows strided
+    b = torch.randn(32, 20).T  # (20, 32) transposed view
+    assert torch.allclose(rows_product(a, b), a @ b.T, atol=1e-5)
+    assert rows_product(torch.zeros(0, 8), torch.zeros(4, 8)).shape == (0, 4)
+    assert rows_product(torch.zeros(3, 8), torch.zeros(0, 8)).shape == (3, 0)
