@@ -20,6 +20,7 @@ __all__ = ["Matches", "MatchingError", "match_descriptors", "verify_geometry"]
 
 MIN_POINTS = {"homography": 4, "fundamental": 8}
 METHODS = {"usac": cv2.USAC_DEFAULT, "ransac": cv2.RANSAC}
+_X86 = platform.machine().lower() in ("x86_64", "amd64")  # where rows_product goes through oneDNN
 
 
 class MatchingError(ValueError):
@@ -63,8 +64,8 @@ def rows_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     with K channels stored channels last (a's own memory), b's rows are M 1x1 filters; the output, channels
     last, is the product in row-major order. The same float32 sums, in another order. Other devices, dtypes or
     CPUs than x86 with oneDNN, or an empty side: ``a @ b.T``."""
-    onednn = platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
-    onednn = onednn and torch.backends.mkldnn.enabled and a.device.type == "cpu"
+    onednn = _X86 and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+    onednn = onednn and a.device.type == "cpu"
     if not onednn or a.dtype != torch.float32 or b.dtype != torch.float32 or 0 in (*a.shape, *b.shape):
         return a @ b.T
     rows, depth = a.shape

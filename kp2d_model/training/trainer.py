@@ -829,7 +829,8 @@ class Trainer:
         """Train on the rest of the current epoch; returns whether the epoch was completed."""
         config = self.config
         self.sampler.set_epoch(self.epoch, self.samples_in_epoch)
-        batches_total = math.ceil((len(self.sampler) + self.samples_in_epoch) / config.data.batch_size)
+        epoch_samples = len(self.sampler) + self.samples_in_epoch  # this process's share of the epoch
+        batches_total = math.ceil(epoch_samples / config.data.batch_size)
         progress = tqdm(
             total=batches_total,
             initial=math.ceil(self.samples_in_epoch / config.data.batch_size),
@@ -838,7 +839,6 @@ class Trainer:
             dynamic_ncols=True,
             disable=not (self.context.is_main and config.log.progress),
         )
-        remaining = len(self.sampler)  # this process's samples of the epoch still to train on
         iterator = iter(self.loader)
         try:
             while True:
@@ -863,7 +863,6 @@ class Trainer:
                         raise self._out_of_memory(error) from None
                     raise
                 self.samples_in_epoch += images.shape[0]
-                remaining -= images.shape[0]
                 seconds = time.perf_counter() - started
                 result.history.append(terms)
                 self._log_step(terms, seconds, images)
@@ -885,7 +884,7 @@ class Trainer:
                 if max_steps and self.step >= max_steps:
                     # On the epoch's last batch the epoch is complete: closed here (decay, epoch checkpoint,
                     # evaluation), not by a resumed run with no step of its own.
-                    return remaining <= 0
+                    return self.samples_in_epoch >= epoch_samples
         finally:
             progress.close()
             del iterator
