@@ -51,7 +51,7 @@ from kp2d_model.frame_pipeline import (
     read_mask,
     vins_features,
 )
-from kp2d_model.image import ImageFormatError
+from kp2d_model.image import CONTRASTS, ImageFormatError
 from kp2d_model.motion_prediction import (
     GyroBuffer,
     GyroCoverageError,
@@ -178,6 +178,9 @@ PARAMETERS: dict[str, tuple[Any, str, dict[str, Any]]] = {
     "input_scale": (1.0, "resize images by this factor before the network (1: native size; not with input_width); "
                     "2.5 matches best with the default model, at 6.25x the compute",
                     {"read_only": True, **_float_range(0.25, 4.0)}),
+    "contrast": ("stretch", "stretch: each image's values stretched to 0..255 before the network (more repeatable "
+                 "keypoints in dim, hazy or badly exposed frames); none: the image as received",
+                 {"read_only": True, "additional_constraints": f"one of: {', '.join(CONTRASTS)}"}),
     "image_qos": ("sensor_data", "image subscription QoS: sensor_data (BEST_EFFORT, depth 1) or reliable (depth 1)",
                   {"read_only": True, "additional_constraints": f"one of: {', '.join(IMAGE_QOS)}"}),
     "use_compressed": (False, "also subscribe <image>/compressed (sensor_msgs/CompressedImage)", {"read_only": True}),
@@ -497,7 +500,7 @@ class DetectorNode(Node):
     def _invalid_reason(name: str, value: Any) -> str | None:
         """Why ``value`` is not valid for parameter ``name`` beyond its type and range (None: valid)."""
         choices = {"matching.geometry": GEOMETRY_MODELS, "image_qos": IMAGE_QOS, "camera_info_sync": CAMERA_INFO_SYNC}
-        choices |= {"precision": PRECISIONS, "backend": BACKENDS}
+        choices |= {"precision": PRECISIONS, "backend": BACKENDS, "contrast": CONTRASTS}
         if name in choices and value not in choices[name]:
             return f"{name} must be one of {', '.join(choices[name])}, got {value!r}"
         if name == "roi" and len(value) and (len(value) != 4 or min(value[:2]) < 0 or min(value[2:]) <= 0):
@@ -927,6 +930,7 @@ def build_detector(values: dict[str, Any]) -> KeypointDetector:
         precision=values["precision"],
         backend=values["backend"],
         calibration=values["calibration"] or None,
+        contrast=values["contrast"],
     )
     if detector.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # a camera keeps its frame size: tune cuDNN's kernels once for it

@@ -17,7 +17,7 @@ __all__ = ["MODEL_PARAMETERS", "SharedDetector"]
 
 # The detector node's parameters that build the network (all read-only there).
 MODEL_PARAMETERS = ("model", "device", "half", "precision", "backend", "calibration", "num_threads", "input_width",
-                    "input_height", "input_scale")  # fmt: skip
+                    "input_height", "input_scale", "contrast")  # fmt: skip
 
 
 class SharedDetector:

@@ -66,9 +66,9 @@ __all__ = ["StereoNode", "main"]
 # The detector node's parameters that mean the same here (all read at start-up in this node) ...
 SHARED_PARAMETERS = (
     "model", "device", "half", "precision", "backend", "calibration", "num_threads", "input_width", "input_height",
-    "input_scale", "image_qos", "top_k", "score_threshold", "nms_radius", "matching.mutual", "matching.ratio",
-    "matching.max_distance", "matching.geometry", "matching.geometry_threshold", "publish_descriptors",
-    "max_image_pixels",
+    "input_scale", "contrast", "image_qos", "top_k", "score_threshold", "nms_radius", "matching.mutual",
+    "matching.ratio", "matching.max_distance", "matching.geometry", "matching.geometry_threshold",
+    "publish_descriptors", "max_image_pixels",
 )  # fmt: skip
 # ... and the stereo ones: name -> (default, description, extra descriptor fields).
 STEREO_PARAMETERS: dict[str, tuple[Any, str, dict[str, Any]]] = {

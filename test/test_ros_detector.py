@@ -520,6 +520,7 @@ def test_runtime_parameter_change_is_applied_and_an_invalid_one_rejected(detecto
             "score_threshold": ("high", ""),  # wrong type
             "model": ("/tmp/other.ckpt", "read-only"),
             "precision": ("fp32", "read-only"),
+            "contrast": ("none", "read-only"),
         }
         for parameter, (value, reason) in rejected.items():
             [result] = ros.set_parameters(name, {parameter: value})

@@ -49,3 +49,18 @@ def test_train_and_evaluate_forward_to_the_model_library(name, usage):
     parser = import_module(module).build_parser()
     options = [option for action in parser._actions for option in action.option_strings]
     assert options and all(option in result.stdout for option in options), "the library's own --help"
+
+
+def test_track_bench_runs_kp2d_at_the_node_defaults():
+    """The benchmark's kp2d front-end claims the node's defaults: contrast and matching parameters."""
+    from kp2d_model.track_bench.frontends import NODE_CONTRAST, MatchingSettings
+    from kp2d_ros.detector_node import PARAMETERS
+
+    assert NODE_CONTRAST == PARAMETERS["contrast"][0]
+    settings = MatchingSettings()
+    assert settings.top_k == PARAMETERS["top_k"][0]
+    assert settings.mutual == PARAMETERS["matching.mutual"][0]
+    assert settings.geometry == PARAMETERS["matching.geometry"][0]
+    assert settings.geometry_threshold == PARAMETERS["matching.geometry_threshold"][0]
+    assert settings.ratio == PARAMETERS["matching.ratio"][0]
+    assert settings.max_distance == PARAMETERS["matching.max_distance"][0]

@@ -99,6 +99,7 @@ def test_a_model_failure_on_one_frame_is_logged_and_later_frames_are_served(refe
         (["-p", "matching.geometry:=affine"], "matching.geometry must be one of none, homography, fundamental"),
         (["-p", "top_k:=0"], "top_k"),
         (["-p", "precision:=fp8"], "precision must be one of fp32, bf16, fp16, int8, auto, got 'fp8'"),
+        (["-p", "contrast:=equalize"], "contrast must be one of none, stretch, got 'equalize'"),
         (["-p", "device:=cpu", "-p", "backend:=tensorrt"], "backend tensorrt needs a CUDA device"),
         (["-p", "input_width:=320"], "input_width and input_height must both be 0"),
         (

@@ -14,6 +14,7 @@ resolution given. Prints a Markdown table (i / v / all rows per method and setti
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -27,6 +28,7 @@ from kp2d_model.evaluation.evaluate import DEFAULT_SETTINGS, EvaluationRun, eval
 from kp2d_model.evaluation.hpatches import SUBSETS, HPatchesError, HPatchesSequence, find_sequences, load_sequence
 from kp2d_model.evaluation.methods import METHOD_NAMES, FeatureMethod, describe_images, get_method
 from kp2d_model.evaluation.metrics import homography_matches
+from kp2d_model.image import CONTRASTS
 
 PROGRAM = "kp2d-evaluate"
 MAX_RESOLUTION_SIDE = 4096  # px; memory grows with the network's pixels (~300 bytes each for KeyPointNet)
@@ -121,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="kp2d: resize each image by this factor before the network, points mapped back (not in the original "
         "protocol; 2.5 = the default model's recommended setting); repeatable, one kp2d row each (kp2d_x2, ...)",
+    )
+    parser.add_argument(
+        "--contrast",
+        choices=CONTRASTS,
+        action="append",
+        help="kp2d: none (default: the original protocol) or stretch (each image's channels stretched to the full "
+        "0..255 range first, as the ROS node's default; row kp2d_stretch); repeatable, one row each",
     )
     parser.add_argument(
         "--device", type=device_argument, default="auto", help="kp2d network device: auto, cpu, cuda:0, ..."
@@ -243,7 +252,9 @@ def run_evaluation(
         if name != "kp2d":
             methods[name] = get_method(name)
             continue
-        for scale in dict.fromkeys(args.input_scale or [1.0]):
+        for scale, contrast in itertools.product(
+            dict.fromkeys(args.input_scale or [1.0]), dict.fromkeys(args.contrast or ["none"])
+        ):
             for precision in dict.fromkeys(args.precision or ["fp32"]):
                 method = get_method(
                     name,
@@ -254,6 +265,7 @@ def run_evaluation(
                     precision=precision,
                     backend=args.backend if precision != "fp32" else "torch",
                     calibration=args.calibration,
+                    contrast=contrast,
                 )
                 methods[_method_key(method)] = method
     runs = []
@@ -278,6 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--input-scale applies to the kp2d method; add --method kp2d")
     if args.precision and "kp2d" not in (args.method or ["kp2d"]):
         parser.error("--precision applies to the kp2d method; add --method kp2d")
+    if args.contrast and "kp2d" not in (args.method or ["kp2d"]):
+        parser.error("--contrast applies to the kp2d method; add --method kp2d")
     if args.calibration is not None and not args.calibration.is_dir():
         parser.error(f"--calibration {args.calibration} is not a folder")
     if "kp2d" in (args.method or ["kp2d"]) and args.checkpoint is None:

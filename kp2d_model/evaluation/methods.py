@@ -29,7 +29,7 @@ from kp2d_model.detector import (
     to_image_pixels,
 )
 from kp2d_model.engines import BackendName, Precision, resolve_engine
-from kp2d_model.image import normalize_image
+from kp2d_model.image import check_contrast, normalize_image, stretch_contrast
 from kp2d_model.networks import KeypointNet, KeypointResnet
 
 __all__ = [
@@ -74,6 +74,10 @@ class KeyPointNetMethod:
     image's pixels (pixel-centre aligned), so the metrics still see the benchmark's resolution. The method is
     then named ``kp2d_x<scale>`` (e.g. ``kp2d_x2``).
 
+    ``contrast="stretch"`` (not in the original; default ``"none"``): each image's channels stretched to the full
+    0..255 range first (``kp2d_model.image.stretch_contrast``, as ``KeypointDetector(contrast="stretch")``, the ROS
+    node's default); the method is then named ``kp2d_stretch`` (``kp2d_x2.5_stretch`` with a scale).
+
     ``fuse_batchnorm`` (default): BatchNorm folded into the convolutions, channels-last, and for KeyPointNet the
     descriptor head's last 3x3 convolution (linear) evaluated at the keypoints only (:func:`descriptors_at_points`)
     instead of on the whole H/4 map: about 2.2 of 13.2 GMAC saved per 320x240 image. Equal to the original's
@@ -93,9 +97,13 @@ class KeyPointNetMethod:
         precision: str = "fp32",
         backend: str = "auto",
         calibration: str | os.PathLike | None = None,
+        contrast: str = "none",
     ) -> None:
         self.input_scale = check_input_scale(input_scale)
+        self.contrast = check_contrast(contrast, "kp2d: contrast")
         self.name = "kp2d" if self.input_scale == 1 else f"kp2d_x{self.input_scale:g}"
+        if self.contrast != "none":
+            self.name += f"_{self.contrast}"
         self.device = resolve_device(device)
         # Another precision or engine: the detector's engine runs the network (same raw outputs, coordinates
         # in float32 here as there); the plain float32 torch path below stays the original protocol.
@@ -143,6 +151,8 @@ class KeyPointNetMethod:
                 raise ValueError(f"kp2d: images[{index}] must be an H x W x 3 uint8 BGR array")
             if image.shape != shape:
                 raise ValueError(f"kp2d: images[{index}] has shape {image.shape}, images[0] has {shape}")
+        if self.contrast == "stretch":
+            images_bgr = [stretch_contrast(image) for image in images_bgr]
         height, width = shape[:2]
         network_w, network_h = scaled_size(width, height, self.input_scale)
         resized = (network_w, network_h) != (width, height)

@@ -20,10 +20,12 @@ import numpy as np
 
 from kp2d_model.evaluation.cli import input_scale, positive_int
 from kp2d_model.evaluation.synthetic import BenchmarkInputError, held_out_photos, photos_in_folder, read_photo
+from kp2d_model.image import CONTRASTS
 from kp2d_model.track_bench.bench import RATES, photos_for, run_benchmark, stride_of
 from kp2d_model.track_bench.frontends import (
     GEOMETRY_MODELS,
     METHOD_NAMES,
+    NODE_CONTRAST,
     FrontEndError,
     MatchingSettings,
     build_front_end,
@@ -112,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--input-scale", type=input_scale, action="append", help="kp2d: input_scale; repeatable, one row each"
     )
+    parser.add_argument(
+        "--contrast",
+        choices=CONTRASTS,
+        action="append",
+        help=f"kp2d: KeypointDetector contrast (default {NODE_CONTRAST}, the node's; none: the frame as rendered, "
+        "row label +_contrast_none); repeatable, one row each",
+    )
     parser.add_argument("--checkpoint", type=Path, help="kp2d checkpoint (default: the bundled default model)")
     parser.add_argument("--device", default="cpu", help="kp2d device (default cpu)")
     parser.add_argument("--top-k", type=positive_int, default=1000, help="kp2d/orb/sift points per frame (1000)")
@@ -150,16 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _kp2d_variants(args: argparse.Namespace) -> list[tuple[str, dict]]:
-    """(label, options) per kp2d row: every --precision x every --input-scale."""
+    """(label, options) per kp2d row: every --precision x every --input-scale x every --contrast."""
     variants = []
     for precision in args.precision or [None]:
         for scale in args.input_scale or [None]:
-            label = "kp2d"
-            if scale not in (None, 1.0):
-                label += f"_x{scale:g}"
-            if precision is not None:
-                label += f"_{precision}"
-            variants.append((label, {"precision": precision, "input_scale": scale}))
+            for contrast in dict.fromkeys(args.contrast or [NODE_CONTRAST]):
+                label = "kp2d"
+                if scale not in (None, 1.0):
+                    label += f"_x{scale:g}"
+                if precision is not None:
+                    label += f"_{precision}"
+                if contrast != NODE_CONTRAST:
+                    label += f"_contrast_{contrast}"
+                variants.append((label, {"precision": precision, "input_scale": scale, "contrast": contrast}))
     return variants
 
 

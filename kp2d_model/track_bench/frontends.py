@@ -40,6 +40,9 @@ class FrontEndError(ValueError):
     """A front-end cannot be built with the given options."""
 
 
+NODE_CONTRAST = "stretch"  # the ROS node's ``contrast`` default (kp2d_ros.detector_node.PARAMETERS)
+
+
 @dataclass(frozen=True)
 class MatchingSettings:
     """The node's matching parameters, with the node's defaults (``kp2d_ros.detector_node.PARAMETERS``)."""
@@ -197,7 +200,7 @@ def _detector_accepts(parameter: str) -> bool:
 
 class Kp2dFrontEnd(DescriptorFrontEnd):
     """The bundled (or given) KeyPointNet through ``KeypointDetector`` at the node's defaults (top_k 1000,
-    score_threshold 0, nms_radius 0); descriptors stay torch tensors, as in the node."""
+    score_threshold 0, nms_radius 0, contrast stretch); descriptors stay torch tensors, as in the node."""
 
     name = "kp2d"
 
@@ -208,10 +211,11 @@ class Kp2dFrontEnd(DescriptorFrontEnd):
         device: str = "cpu",
         input_scale: float | None = None,
         precision: str | None = None,
+        contrast: str = NODE_CONTRAST,
     ):
         from kp2d_model.detector import KeypointDetector
 
-        options: dict[str, Any] = {"input_scale": input_scale}
+        options: dict[str, Any] = {"input_scale": input_scale, "contrast": contrast}
         if precision is not None:
             if not _detector_accepts("precision"):
                 raise FrontEndError(
@@ -421,10 +425,11 @@ def build_front_end(
     device: str = "cpu",
     input_scale: float | None = None,
     precision: str | None = None,
+    contrast: str = NODE_CONTRAST,
 ) -> Any:
     """A fresh front-end for ``method`` (one of ``METHOD_NAMES``); ``klt`` ignores the matching settings."""
     if method == "kp2d":
-        return Kp2dFrontEnd(settings, checkpoint, device, input_scale, precision)
+        return Kp2dFrontEnd(settings, checkpoint, device, input_scale, precision, contrast)
     if method == "klt":
         return KltFrontEnd()
     if method == "orb":
