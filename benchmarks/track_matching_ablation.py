@@ -1,6 +1,7 @@
 """kp2d matching settings on the sequence benchmark (kp2d-track-bench's sequences), detections computed once.
 
-The detector runs once per frame (top-k 2000, score-sorted, so the first 1000 are the top-1000); every
+The detector runs once per frame (top-k 2000, score-sorted, so the first 1000 are the top-1000; ``--contrast``,
+default the node's ``stretch``); every
 matching variant then runs the benchmark's kp2d front-end logic (match -> optional geometry -> carry_tracks)
 on the cached detections, at every frame and at every ``--stride``-th frame (the gaps a busy CPU leaves: at
 30 fps a ~200 ms detector processes about every 6th frame). Quality only; no timing.
@@ -21,8 +22,9 @@ import numpy as np
 
 from kp2d_model.detector import KeypointDetector
 from kp2d_model.evaluation.synthetic import held_out_photos, read_photo
+from kp2d_model.image import CONTRASTS
 from kp2d_model.track_bench.bench import photos_for, run_sequence
-from kp2d_model.track_bench.frontends import DescriptorFrontEnd, MatchingSettings
+from kp2d_model.track_bench.frontends import NODE_CONTRAST, DescriptorFrontEnd, MatchingSettings
 from kp2d_model.track_bench.metrics import RunResult, summarize
 from kp2d_model.track_bench.sequences import SEQUENCE_NAMES, Sequence, make_sequence
 
@@ -69,10 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stride", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sequence", action="append", choices=SEQUENCE_NAMES, help="repeatable (default: all)")
+    parser.add_argument("--contrast", choices=CONTRASTS, default=NODE_CONTRAST, help="detector contrast (the node's)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     size = tuple(int(v) for v in args.resolution.split("x"))
-    detector = KeypointDetector(device="cpu", top_k=2000)
+    detector = KeypointDetector(device="cpu", top_k=2000, contrast=args.contrast)
     photos = held_out_photos()
     results = {(name, rate): RunResult() for name in VARIANTS for rate in ("every_frame", f"every_{args.stride}")}
     load_before = os.getloadavg()
