@@ -6,7 +6,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 IN_ROS_ENV := bash scripts/with_ros_env.sh
 
-.PHONY: setup ros test lint demo bench clean test-suite test-isa test-stacks test-workspace
+.PHONY: setup ros test lint demo bench clean test-suite test-isa test-stacks test-humble test-workspace
 
 setup:
 	@bash scripts/setup_venv.sh
@@ -19,7 +19,7 @@ lint: setup
 
 # The suite, then the portability steps (scripts/test_*.sh; README "Two commands"), one header each.
 test: ros lint
-	@$(MAKE) --no-print-directory test-suite test-isa test-stacks test-workspace
+	@$(MAKE) --no-print-directory test-suite test-isa test-stacks test-humble test-workspace
 
 test-suite: ros
 	@echo "=== make test-suite: all tests on the pinned stack ==="
@@ -32,6 +32,10 @@ test-isa: setup
 test-stacks: ros
 	@echo "=== make test-stacks: library and ROS-glue tests on NumPy 1.26.4 + OpenCV 4.6.0 ==="
 	@bash scripts/test_stacks.sh
+
+test-humble: setup
+	@echo "=== make test-humble: the library on Ubuntu 22.04's stack (Python 3.10, NumPy 1.21.5, OpenCV 4.5.4) ==="
+	@bash scripts/test_humble.sh
 
 test-workspace: setup
 	@echo "=== make test-workspace: colcon build + colcon test in a workspace from git archive HEAD ==="

@@ -533,7 +533,9 @@ class KeypointDetector:
                 self.engine_choice = engines.resolve_engine(file_precision, BackendName.AUTO, self.device, True)
         else:
             if backend_name is BackendName.AUTO:
-                backend_name = BackendName.OPENVINO if engines._installed("openvino") else BackendName.ONNXRUNTIME
+                backend_name = (
+                    BackendName.OPENVINO if engines._engine_installed(BackendName.OPENVINO) else BackendName.ONNXRUNTIME
+                )
             self.engine_choice = engines.resolve_engine(requested, backend_name, self.device, int8_ready=True)
         if file_precision is Precision.INT8 and self.engine_choice.precision is not Precision.INT8:
             raise EngineError(f"{path} is an INT8 graph; it runs as precision int8, not {self.engine_choice.precision}")

@@ -24,10 +24,11 @@ import inspect
 import json
 import logging
 import os
+import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,6 +60,16 @@ LOG = logging.getLogger("kp2d_model.engines")
 ONNX_FORMAT = "kp2d-dense-heads-v1"  # metadata "format" of an exported graph
 ONNX_OPSET = 17
 BUNDLED_INT8_NAME = "kp2d_default_int8.onnx"
+
+
+class StrEnum(str, Enum):
+    """A str-valued enum that prints as its value (``enum.StrEnum`` is Python 3.11+; ROS 2 Humble runs 3.10)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
 
 
 class EngineError(ValueError):
@@ -93,6 +104,14 @@ SUPPORTED_PRECISIONS = {
     BackendName.TENSORRT: (Precision.FP32, Precision.FP16),
 }
 CPU_ONLY = (BackendName.ONNXRUNTIME, BackendName.OPENVINO)
+# The Python packages each engine needs: the ONNX engines run a graph this library exports or cuts with `onnx`.
+ENGINE_MODULES = {
+    BackendName.AUTO: (),
+    BackendName.TORCH: (),
+    BackendName.ONNXRUNTIME: ("onnxruntime", "onnx"),
+    BackendName.OPENVINO: ("openvino", "onnx"),
+    BackendName.TENSORRT: ("tensorrt", "onnx"),
+}
 
 
 def parse_choice(enum: type[StrEnum], value: object, what: str) -> Any:
@@ -174,6 +193,11 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def _engine_installed(backend: BackendName) -> bool:
+    """All the Python packages ``backend`` needs are importable (``ENGINE_MODULES``)."""
+    return all(_installed(module) for module in ENGINE_MODULES[backend])
+
+
 @dataclass(frozen=True)
 class EngineChoice:
     """What runs the network: backend, precision and the reason (one log line)."""
@@ -223,11 +247,13 @@ def _check_pair(backend: BackendName, precision: Precision, cuda: bool, int8_rea
             "precision int8 needs calibration photos (calibration=<folder of training photos>) or an INT8 "
             "graph exported by kp2d-export --precision int8; never calibrate on benchmark photos"
         )
-    module = {BackendName.ONNXRUNTIME: "onnxruntime", BackendName.OPENVINO: "openvino"}.get(backend)
-    if backend is BackendName.TENSORRT:
-        module = "tensorrt"
-    if module and not _installed(module):
-        raise EngineError(f"backend {backend.value} needs the Python package {module!r} (pip install {module})")
+    missing = [module for module in ENGINE_MODULES[backend] if not _installed(module)]
+    if missing:
+        names = " and ".join(repr(module) for module in missing)
+        raise EngineError(
+            f"backend {backend.value} needs the Python package{'s' if len(missing) > 1 else ''} {names} "
+            f"(pip install {' '.join(missing)}; requirements/engines.txt, or requirements/humble.txt on Humble)"
+        )
     if backend is BackendName.TENSORRT:
         tensorrt_build_options(tensorrt_major_version(), precision)  # raises for fp16 on TensorRT 11+
 
@@ -236,14 +262,14 @@ def _auto_backend_for(precision: Precision, cuda: bool) -> BackendName:
     if precision is Precision.FP32 or precision is Precision.FP16:
         return BackendName.TORCH
     if precision is Precision.BF16:
-        return BackendName.OPENVINO if not cuda and _installed("openvino") else BackendName.TORCH
-    return BackendName.OPENVINO if _installed("openvino") else BackendName.ONNXRUNTIME  # int8
+        return BackendName.OPENVINO if not cuda and _engine_installed(BackendName.OPENVINO) else BackendName.TORCH
+    return BackendName.OPENVINO if _engine_installed(BackendName.OPENVINO) else BackendName.ONNXRUNTIME  # int8
 
 
 def _auto(backend: BackendName, cuda: bool, int8_ready: bool) -> EngineChoice:
     """The fastest setting measured to keep quality on this machine (docs/inference.md, "Engines")."""
     if cuda:
-        tensorrt = _installed("tensorrt") and backend in (BackendName.AUTO, BackendName.TENSORRT)
+        tensorrt = _engine_installed(BackendName.TENSORRT) and backend in (BackendName.AUTO, BackendName.TENSORRT)
         major = tensorrt_major_version() if tensorrt else None
         if major is not None and major <= TENSORRT_LAST_FP16_FLAG:
             return EngineChoice(BackendName.TENSORRT, Precision.FP16, f"CUDA device, TensorRT {major} installed")
@@ -255,9 +281,10 @@ def _auto(backend: BackendName, cuda: bool, int8_ready: bool) -> EngineChoice:
             return EngineChoice(BackendName.TORCH, Precision.FP16, reason)
         raise EngineError(f"backend {backend.value} does not run on CUDA here; use backend torch or tensorrt")
     caps = cpu_capabilities()
-    openvino = _installed("openvino") and backend in (BackendName.AUTO, BackendName.OPENVINO)
+    openvino = _engine_installed(BackendName.OPENVINO) and backend in (BackendName.AUTO, BackendName.OPENVINO)
     vnni = bool(caps & {"avx512_vnni", "avx_vnni", "amx_int8"})
-    if int8_ready and vnni and (openvino or (backend is BackendName.ONNXRUNTIME and _installed("onnxruntime"))):
+    onnxruntime = backend is BackendName.ONNXRUNTIME and _engine_installed(BackendName.ONNXRUNTIME)
+    if int8_ready and vnni and (openvino or onnxruntime):
         chosen = BackendName.OPENVINO if openvino else BackendName.ONNXRUNTIME
         float_convs = ", float convs bf16" if openvino and openvino_float_hint(Precision.INT8, caps) == "bf16" else ""
         return EngineChoice(
@@ -367,17 +394,21 @@ def quantize_onnx_int8(fp32_path: str | Path, int8_path: str | Path, calibration
             batch = next(self.batches, None)
             return None if batch is None else {"image": np.ascontiguousarray(batch, dtype=np.uint8)}
 
-    quantize_static(
-        str(fp32_path),
-        str(int8_path),
-        Batches(),
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=["Conv"],
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=keep_float,
-    )
+    fp32_path, int8_path = Path(fp32_path).resolve(), Path(int8_path).resolve()
+    # ONNX Runtime before 1.13 (Humble's NumPy 1.21 allows up to 1.12) writes its calibration graph,
+    # augmented_model.onnx, into the working directory: run it from a temporary one (paths are absolute).
+    with tempfile.TemporaryDirectory(prefix="kp2d-quantise-") as scratch, _working_directory(scratch):
+        quantize_static(
+            str(fp32_path),
+            str(int8_path),
+            Batches(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["Conv"],
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=keep_float,
+        )
     quantized = onnx.load(str(int8_path))
     _float_graph_outputs(quantized)
     _set_metadata(
@@ -390,6 +421,17 @@ def quantize_onnx_int8(fp32_path: str | Path, int8_path: str | Path, calibration
     )
     onnx.save(quantized, str(int8_path))
     return Path(int8_path)
+
+
+@contextlib.contextmanager
+def _working_directory(path: str | Path) -> Iterator[None]:
+    """The process's working directory is ``path`` inside the block (``contextlib.chdir`` is Python 3.11+)."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def _float_graph_outputs(model: Any) -> None:

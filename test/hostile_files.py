@@ -12,7 +12,6 @@ import json
 import os
 import pickle
 import pickletools
-import resource
 import struct
 import subprocess
 import sys
@@ -196,15 +195,23 @@ def jpeg_bomb(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+# A Python expression: the address space this process has mapped, in bytes (Linux).
+MAPPED_BYTES = "next(int(line.split()[1]) * 1024 for line in open('/proc/self/status') if line.startswith('VmSize'))"
+
+
 def peak_memory_growth(setup: str, attack: str, limit_gb: float = 8.0, timeout: float = 300) -> dict:
     """Run ``setup`` then ``attack`` in a fresh Python; peak RSS growth (MB) across ``attack`` and its outcome.
 
-    The child's address space is capped at ``limit_gb`` so a bomb that is not refused fails there, not here.
+    After ``setup`` the child's address space is capped at what it has mapped plus ``limit_gb``, so a bomb that
+    is not refused fails there, not here (relative to the mapped size: a CUDA build of torch maps several GB
+    more at import than the CPU build, and an absolute cap fails it before the attack).
     """
     script = "\n".join(
         [
             "import json, resource",
             textwrap.dedent(setup),
+            f"cap = {MAPPED_BYTES} + {int(limit_gb * 2**30)}",
+            "resource.setrlimit(resource.RLIMIT_AS, (cap, cap))",
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss",
             "try:",
             textwrap.indent(textwrap.dedent(attack), "    "),
@@ -216,15 +223,10 @@ def peak_memory_growth(setup: str, attack: str, limit_gb: float = 8.0, timeout: 
         ]
     )
 
-    def cap_memory() -> None:
-        limit = int(limit_gb * 2**30)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
-        preexec_fn=cap_memory, env=env,
-    )  # fmt: skip
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, env=env
+    )
     lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, f"child failed (rc {completed.returncode}):\n{completed.stdout[-2000:]}\n{completed.stderr[-3000:]}"
     return json.loads(lines[-1][len("RESULT ") :])

@@ -199,10 +199,14 @@ def test_torch_bf16_keeps_coordinates_in_float32(checkpoint_path, reference, pho
 
 def test_int8_calibration_quantises_the_convolutions_and_is_cached(checkpoint_path, photo_bgr, tmp_path, monkeypatch):
     monkeypatch.setenv("KP2D_ENGINE_CACHE", str(tmp_path / "cache"))
+    working = tmp_path / "working"
+    working.mkdir()
+    monkeypatch.chdir(working)  # ONNX Runtime < 1.13 wrote its calibration graph here (Humble's NumPy allows 1.12)
     calibration = synthetic_images(2)
     detector = KeypointDetector(
         checkpoint_path, device="cpu", top_k=300, precision="int8", backend="onnxruntime", calibration=calibration
     )
+    assert list(working.iterdir()) == []
     (graph,) = (tmp_path / "cache").glob("dense_heads_int8_*.onnx")
     import onnx
 
@@ -337,7 +341,8 @@ def test_tensorrt_11_fp16_is_refused_with_what_to_use_instead() -> None:
 )
 def test_auto_on_cuda_takes_tensorrt_fp16_only_where_the_builder_has_it(monkeypatch, major, backend, expected) -> None:
     # The TensorRT probe is replaced (no TensorRT here); what is under test is the choice made from its answer.
-    monkeypatch.setattr(engines, "_installed", lambda module: major is not None if module == "tensorrt" else False)
+    installed = {"tensorrt", "onnx"} if major is not None else set()
+    monkeypatch.setattr(engines, "_installed", lambda module: module in installed)
     monkeypatch.setattr(engines, "tensorrt_major_version", lambda: major)
     choice = engines.resolve_engine("auto", backend, torch.device("cuda"))
     assert (choice.backend.value, choice.precision.value) == expected
@@ -349,6 +354,18 @@ def test_auto_with_backend_tensorrt_but_no_tensorrt_names_the_missing_package(mo
     monkeypatch.setattr(engines, "_installed", lambda module: module != "tensorrt")
     with pytest.raises(EngineError, match="backend tensorrt needs the Python package 'tensorrt'"):
         engines.resolve_engine("auto", "tensorrt", torch.device("cuda"))
+
+
+def test_openvino_without_onnx_is_not_chosen_by_auto_and_is_named_when_asked_for(monkeypatch) -> None:
+    # Ubuntu 22.04 (Humble): openvino installs beside NumPy 1.21 but a current onnx does not. The engines run a
+    # graph exported or cut with `onnx`, so without it auto must stay on torch and an explicit choice must say so.
+    monkeypatch.setattr(engines, "_installed", lambda module: module in ("openvino", "onnxruntime"))
+    monkeypatch.setattr(engines, "cpu_capabilities", lambda: frozenset({"avx512_vnni", "avx512_bf16", "avx512f"}))
+    choice = engines.resolve_engine("auto", "auto", torch.device("cpu"), int8_ready=True)
+    assert choice.backend is engines.BackendName.TORCH
+    for backend in ("openvino", "onnxruntime"):
+        with pytest.raises(EngineError, match=f"backend {backend} needs the Python package 'onnx' .*humble"):
+            engines.resolve_engine("fp32", backend, torch.device("cpu"))
 
 
 # --- command lines ----------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from hostile_files import MAPPED_BYTES
 
 from kp2d_model.augmentation import make_training_batch
 from kp2d_model.checkpoint import CheckpointError, default_checkpoint_path, load_keypoint_net, read_checkpoint
@@ -536,17 +537,18 @@ def test_sigterm_to_the_whole_process_group_with_loader_workers_saves_and_exits_
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS is how the test makes memory run out")
 def test_out_of_memory_is_reported_with_a_smaller_batch_suggestion(image_folder, tmp_path):
-    limit = 3 * 1024**3  # address space: torch loads, a 16 x 480 x 640 batch does not fit
-
-    def cap_memory() -> None:
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-    command = [sys.executable, "-m", "kp2d_model.training.cli", "v4", "--data", str(image_folder)]
+    # The trainer's address space is capped at what it maps on import plus 2 GiB: a 16 x 480 x 640 batch does not
+    # fit. Relative to the mapped size, as a CUDA build of torch maps ~2.4 GB more at import than the CPU build.
+    capped_trainer = (
+        "import resource, sys\n"
+        "from kp2d_model.training import cli\n"
+        f"resource.setrlimit(resource.RLIMIT_AS, ({MAPPED_BYTES} + 2 * 1024**3,) * 2)\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n"
+    )
+    command = [sys.executable, "-c", capped_trainer, "v4", "--data", str(image_folder)]
     command += ["--out", str(tmp_path / "run"), *SMALL_RUN, "data.image_shape=[480,640]", "data.batch_size=16"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, preexec_fn=cap_memory, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 1, done.stderr[-2000:]
     assert "out of memory" in done.stderr and "data.batch_size=8" in done.stderr
     assert "Traceback" not in done.stderr
