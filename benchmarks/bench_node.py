@@ -79,6 +79,9 @@ class Client:
         qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
         self.publisher = self.node.create_publisher(Image, f"{namespace}/image", qos)
         self.arrivals: dict[int, float] = {}  # stamp ns -> arrival (perf_counter)
+        # Waiting on a condition, not polling: a 2 kHz sleep loop here took CPU from the node's threads on a 2-core
+        # machine (the node's own inference and matching times rose with it).
+        self.arrived = threading.Condition()
         self.keypoint_counts: list[int] = []
         self.diagnostics: list[dict[str, str]] = []
         self.namespace = namespace
@@ -89,8 +92,11 @@ class Client:
         threading.Thread(target=self.executor.spin, daemon=True).start()
 
     def _on_keypoints(self, msg: Keypoints) -> None:
-        self.arrivals[msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec] = time.perf_counter()
-        self.keypoint_counts.append(len(msg.x))
+        arrival = time.perf_counter()
+        with self.arrived:
+            self.arrivals[msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec] = arrival
+            self.keypoint_counts.append(len(msg.x))
+            self.arrived.notify_all()
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
@@ -105,10 +111,9 @@ class Client:
         return sent
 
     def wait_for(self, stamp_ns: int, timeout: float) -> float | None:
-        deadline = time.perf_counter() + timeout
-        while stamp_ns not in self.arrivals and time.perf_counter() < deadline:
-            time.sleep(0.0005)
-        return self.arrivals.get(stamp_ns)
+        with self.arrived:
+            self.arrived.wait_for(lambda: stamp_ns in self.arrivals, timeout)
+            return self.arrivals.get(stamp_ns)
 
     def node_means(self, start: int) -> dict[str, float]:
         """Frame-weighted means of the node's inference and overhead over diagnostics windows from ``start``."""
