@@ -73,10 +73,6 @@ try:
     import message_filters
 except ImportError:
     message_filters = None
-try:
-    import diagnostic_updater
-except ImportError:
-    diagnostic_updater = None
 
 __all__ = [
     "DetectorNode",
@@ -373,7 +369,7 @@ class Statistics:
 
 
 class _StatusBuilder:
-    """The part of diagnostic_updater's DiagnosticStatusWrapper used here, for when it is not installed."""
+    """A DiagnosticStatus built as diagnostic_updater's DiagnosticStatusWrapper builds one (summary, key values)."""
 
     def __init__(self, name: str, hardware_id: str):
         self.status = DiagnosticStatus(name=name, hardware_id=hardware_id)
@@ -546,13 +542,11 @@ class DetectorNode(Node):
             self.create_subscription(CompressedImage, topic, self._on_image, image_qos)
 
     def _setup_diagnostics(self) -> None:
+        """/diagnostics once a second, one status named after the node's fully qualified name. Published here
+        rather than through diagnostic_updater, whose Python Updater names a status after the node's name only
+        (``kp2d_detector: keypoints``), the same for every camera of a rig (4.x: unless its parameter
+        ``diagnostic_updater.use_fqn``, default false, is set)."""
         self._diagnostic_name = f"{self.get_fully_qualified_name()}: keypoints"
-        if diagnostic_updater is not None:
-            self._updater = diagnostic_updater.Updater(self, period=1.0)
-            self._updater.setHardwareID(str(self._device))
-            self._updater.add("keypoints", self._fill_diagnostics)
-            return
-        self.get_logger().info("diagnostic_updater not installed: publishing /diagnostics (DiagnosticArray) directly")
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diagnostics_period = 1.0
         self._diagnostics_last = time.monotonic()
@@ -807,8 +801,8 @@ class DetectorNode(Node):
 
     # --- diagnostics -------------------------------------------------------------------------------
 
-    def _fill_diagnostics(self, stat: Any) -> Any:
-        """Fill a DiagnosticStatusWrapper-like ``stat`` with rates, latency and drops since the last report."""
+    def _fill_diagnostics(self, stat: _StatusBuilder) -> _StatusBuilder:
+        """Fill ``stat`` with rates, latency and drops since the last report."""
         now = time.monotonic()
         period = max(1e-3, now - getattr(self, "_diagnostics_last", now - 1.0))
         self._diagnostics_last = now

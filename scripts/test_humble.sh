@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# CI step: the library on Ubuntu 22.04's Python stack (ROS 2 Humble): Python 3.10, NumPy 1.21.5, OpenCV 4.5.4 and
+# CI step: the whole suite on Ubuntu 22.04's Python stack (ROS 2 Humble): Python 3.10, NumPy 1.21.5, OpenCV 4.5.4 and
 # the other dependencies of requirements/humble.txt, in a venv of its own (.venv/humble, made once per clone).
 # torch 2.13.0 there is PyPI's build for Python 3.10 (a CUDA build that runs on the CPU; ~4 GB with its libraries).
-# Humble users run the ROS glue on their distribution's rclpy (Python 3.10), which PyPI does not carry: this step
-# runs every test but test_ros_* (those run on the pinned stack and on NumPy 1.26 / OpenCV 4.6 in test-stacks).
+# The ROS nodes run on the Kilted wheels of requirements/ros.txt built for Python 3.10 (PyPI has no Humble rclpy),
+# with kp2d_ros_msgs built against them into .venv/humble/ros/install.
 # Python 3.10 comes from PATH or pyenv; a machine without one skips the step and says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,13 +24,14 @@ if [[ -z "$python310" ]]; then
     exit 0
 fi
 
-stamp=$(cat requirements/humble.txt scripts/test_humble.sh setup.py | sha256sum | cut -d' ' -f1)
+stamp=$(cat requirements/humble.txt requirements/ros.txt scripts/test_humble.sh setup.py | sha256sum | cut -d' ' -f1)
 if [[ ! -f "$VENV/.complete" || "$(cat "$VENV/.complete")" != "$stamp" ]]; then
     echo "[humble] creating $VENV with $("$python310" --version) (torch 2.13.0 for Python 3.10 is a ~4 GB download)"
     rm -rf "$VENV"
     "$python310" -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade "pip==25.3" "setuptools==80.9.0"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "torch==2.13.0" -r requirements/humble.txt
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "torch==2.13.0" \
+        -r requirements/humble.txt -r requirements/ros.txt
     "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
     echo "$stamp" > "$VENV/.complete"
 fi
@@ -39,9 +40,11 @@ if [[ "$versions" != "(3, 10) $NUMPY $OPENCV" ]]; then
     echo "[humble] FAILED: expected Python 3.10, NumPy $NUMPY, OpenCV $OPENCV; got $versions" >&2
     exit 1
 fi
-echo "[humble] Python 3.10, NumPy $NUMPY, OpenCV $OPENCV: every test but the ROS-node ones"
+KP2D_VENV="$(pwd)/$VENV" KP2D_ROS_OUT="$(pwd)/$VENV/ros" bash scripts/build_ros.sh
+echo "[humble] Python 3.10, NumPy $NUMPY, OpenCV $OPENCV: the suite"
 selection=("$@")
 if ((${#selection[@]} == 0)); then
-    selection=(test --ignore-glob='test/test_ros_*')
+    selection=(test)
 fi
-KP2D_REQUIRE_FIXTURES=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider -rfEs "${selection[@]}"
+KP2D_VENV="$(pwd)/$VENV" KP2D_OVERLAY="$(pwd)/$VENV/ros/install" KP2D_REQUIRE_FIXTURES=1 \
+    bash scripts/with_ros_env.sh "$VENV/bin/python" -m pytest -q -p no:cacheprovider -rfEs "${selection[@]}"

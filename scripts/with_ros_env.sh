@@ -9,10 +9,11 @@
 #   ROS_AUTOMATIC_DISCOVERY_RANGE          LOCALHOST: nodes only discover peers on this machine (loopback)
 #   ROS_DOMAIN_ID                          kept if set, else 0; the tests pick their own per run (test/ros_helpers.py)
 # Variables already set by the caller win (except the paths, which are extended). KP2D_OVERLAY names another
-# colcon install/ to source instead of the repository's, KP2D_CWD another working directory.
+# colcon install/ to source instead of the repository's, KP2D_CWD another working directory, KP2D_VENV another
+# venv (scripts/test_humble.sh).
 set -eo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-VENV="$ROOT/.venv"
+VENV=${KP2D_VENV:-$ROOT/.venv}
 if [[ ! -x "$VENV/bin/python" ]]; then
     echo "with_ros_env: $VENV missing: run 'make setup' first" >&2
     exit 1

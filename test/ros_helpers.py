@@ -45,7 +45,9 @@ INSTALL_BIN = _installed_executables()
 DEFAULT_MODEL = REPO_ROOT / "kp2d_model" / "weights" / "kp2d_default.safetensors"
 
 os.environ["ROS_DOMAIN_ID"] = os.environ.get("KP2D_TEST_ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
-os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # Iron and newer
+if os.environ.get("ROS_DISTRO") == "humble":  # Humble knows only the older switch
+    os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 
 
