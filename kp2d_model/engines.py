@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from importlib.metadata import version as importlib_version
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -198,6 +199,18 @@ def _engine_installed(backend: BackendName) -> bool:
     return all(_installed(module) for module in ENGINE_MODULES[backend])
 
 
+def _require(module: str, needed_for: str) -> Any:
+    """``import module``, or EngineError naming the missing package and what needs it (not an ImportError from
+    inside an export or a calibration)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        package = module.split(".")[0]
+        raise EngineError(f"{needed_for} needs the Python package {package!r} (pip install {package})") from None
+
+
 @dataclass(frozen=True)
 class EngineChoice:
     """What runs the network: backend, precision and the reason (one log line)."""
@@ -315,8 +328,7 @@ def export_onnx(heads: DenseHeads, path: str | Path, metadata: dict[str, Any], c
     """Write ``heads`` as an ONNX graph (opset 17): input ``image`` uint8 ``(B, H, W, C)`` with dynamic B, H, W;
     outputs ``score``, ``center_shift``, ``features`` float32. ``metadata`` (JSON-able values) is stored in
     the model's metadata_props, with ``format`` = ``kp2d-dense-heads-v1``."""
-    import onnx  # lazily: only exporting needs it
-
+    onnx = _require("onnx", "exporting an ONNX graph")  # lazily: only the engines need it
     path = Path(path)
     stride = int(metadata["stride"])
     example = torch.zeros(1, 2 * stride, 2 * stride, channels, dtype=torch.uint8)
@@ -355,8 +367,7 @@ def _set_metadata(model: Any, metadata: dict[str, Any]) -> None:
 
 def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     """The kp2d metadata of an exported ``.onnx`` (or OpenVINO ``.xml`` next to it), or EngineError naming the file."""
-    import onnx
-
+    onnx = _require("onnx", "reading an exported graph")
     path = Path(path)
     if not path.is_file():
         raise EngineError(f"{path}: no such file")
@@ -377,9 +388,13 @@ def quantize_onnx_int8(fp32_path: str | Path, int8_path: str | Path, calibration
     ``calibration_batches`` (uint8 ``(B, H, W, C)`` arrays: training photos, never benchmark photos). The
     score and location heads' last convolutions and the location head's first one stay float32.
     """
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
+    onnx = _require("onnx", "INT8 calibration")
+    quantization = _require("onnxruntime.quantization", "INT8 calibration")
+    CalibrationDataReader, QuantFormat, QuantType = (  # noqa: N806 - onnxruntime's class names
+        quantization.CalibrationDataReader,
+        quantization.QuantFormat,
+        quantization.QuantType,
+    )
     if not calibration_batches:
         raise EngineError("INT8 calibration needs at least one image")
     model = onnx.load(str(fp32_path))
@@ -396,19 +411,22 @@ def quantize_onnx_int8(fp32_path: str | Path, int8_path: str | Path, calibration
 
     fp32_path, int8_path = Path(fp32_path).resolve(), Path(int8_path).resolve()
     # ONNX Runtime before 1.13 (Humble's NumPy 1.21 allows up to 1.12) writes its calibration graph,
-    # augmented_model.onnx, into the working directory: run it from a temporary one (paths are absolute).
-    with tempfile.TemporaryDirectory(prefix="kp2d-quantise-") as scratch, _working_directory(scratch):
-        quantize_static(
-            str(fp32_path),
-            str(int8_path),
-            Batches(),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=["Conv"],
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=keep_float,
-        )
+    # augmented_model.onnx, into the working directory: there it runs from a temporary one (paths are absolute;
+    # the working directory is the process's, so only where needed).
+    old_runtime = tuple(int(part) for part in importlib_version("onnxruntime").split(".")[:2]) < (1, 13)
+    with tempfile.TemporaryDirectory(prefix="kp2d-quantise-") as scratch:
+        with _working_directory(scratch) if old_runtime else contextlib.nullcontext():
+            quantization.quantize_static(
+                str(fp32_path),
+                str(int8_path),
+                Batches(),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=["Conv"],
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=keep_float,
+            )
     quantized = onnx.load(str(int8_path))
     _float_graph_outputs(quantized)
     _set_metadata(
@@ -488,9 +506,8 @@ def cut_before_last_conv(int8_path: str | Path, out_path: str | Path) -> Feature
     nothing is cached). EngineError when the graph's ``features`` output is not a Conv reading a
     DequantizeLinear of a QuantizeLinear (not a KeyPointNet QDQ graph).
     """
-    import onnx
-    from onnx import numpy_helper
-
+    onnx = _require("onnx", "cutting the INT8 graph")
+    numpy_helper = onnx.numpy_helper
     model = onnx.load(str(int8_path))
     producers = {output: node for node in model.graph.node for output in node.output}
     conv = producers.get("features")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import cv2
@@ -390,6 +391,20 @@ def test_export_usage_errors_are_one_line_and_exit_2(argv, message, capsys) -> N
     assert exit_info.value.code == 2
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert message in last_line
+
+
+def test_export_without_onnx_names_the_package_in_one_line(checkpoint_path, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` fails as it does where onnx is not installed
+    heads = KeypointDetector(checkpoint_path, device="cpu").dense_heads()
+    with pytest.raises(EngineError, match="exporting an ONNX graph needs the Python package 'onnx'"):
+        engines.export_onnx(heads, tmp_path / "x.onnx", {"stride": 8})
+    with pytest.raises(EngineError, match="reading an exported graph needs the Python package 'onnx'"):
+        engines.read_onnx_metadata(tmp_path / "x.onnx")
+    code = export_main(["--checkpoint", str(checkpoint_path), "--format", "onnx", "--out", str(tmp_path / "x.onnx")])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "kp2d-export: error: exporting an ONNX graph needs the Python package 'onnx' (pip install onnx)"
+    assert not any("Traceback" in line for line in err)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
