@@ -34,7 +34,7 @@ test-stacks: ros
 	@bash scripts/test_stacks.sh
 
 test-humble: setup
-	@echo "=== make test-humble: the library on Ubuntu 22.04's stack (Python 3.10, NumPy 1.21.5, OpenCV 4.5.4) ==="
+	@echo "=== make test-humble: the suite on Ubuntu 22.04's Python stack (Python 3.10, NumPy 1.21.5, OpenCV 4.5.4) ==="
 	@bash scripts/test_humble.sh
 
 test-workspace: setup

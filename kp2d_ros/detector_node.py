@@ -59,6 +59,7 @@ from kp2d_model.motion_prediction import (
     camera_rotation,
     rotation_from_quaternion,
 )
+from kp2d_model.torch_compat import OutOfMemoryError
 from kp2d_ros.camera_model import CameraInfoError, check_camera_info
 from kp2d_ros.conversions import BACKEND, ConvertedImage, ImageInputError, message_to_array
 from kp2d_ros.debug_image import draw_debug_image
@@ -646,7 +647,7 @@ class DetectorNode(Node):
         except ImageFormatError as error:  # the detector refused the image (e.g. thinner than one cell)
             self._stats.count("rejected")
             self._warn("image:refused_by_detector", f"frame skipped: {error}")
-        except torch.OutOfMemoryError as error:
+        except OutOfMemoryError as error:
             self._stats.count("failed")
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import rclpy
-import torch
 import yaml
 from rclpy.exceptions import ParameterException
 from rclpy.node import Node
@@ -51,6 +50,7 @@ from kp2d_model import CheckpointError
 from kp2d_model.frame_arrays import FrameArraysWriter
 from kp2d_model.frame_pipeline import FramePipeline, MaskSizeError, vins_features
 from kp2d_model.image import ImageFormatError
+from kp2d_model.torch_compat import OutOfMemoryError
 from kp2d_ros.camera_model import CameraInfoError, check_camera_info
 from kp2d_ros.conversions import ImageInputError, message_to_array
 from kp2d_ros.detector_node import (
@@ -451,7 +451,7 @@ class Extractor:
             self.skip("image:mask_size", index, stamp, f"{error} (parameter 'mask')")
         except ImageFormatError as error:
             self.skip("image:refused_by_detector", index, stamp, str(error))
-        except torch.OutOfMemoryError as error:
+        except OutOfMemoryError as error:
             self.skip("out_of_memory", index, stamp, f"out of memory ({_first_line(error)})")
         except Exception as error:  # a model failure on one frame: skipped, as the node does
             self.skip(f"failure:{type(error).__name__}", index, stamp, f"processing failed: {error!r}")

@@ -165,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         trainer = Trainer(config, out_dir, resume=args.resume, context=context, init=init)
         result = trainer.fit()
+        if context.distributed:  # every rank done (rank 0 exports and saves last) before the group is torn down:
+            dist.barrier()  # a rank tearing gloo down while another was busy aborted once in CI (std::terminate)
     except (ConfigError, DataError) as error:
         _error(str(error))
         return EXIT_USAGE

@@ -59,6 +59,7 @@ from kp2d_model.checkpoint import (
 from kp2d_model.data import EpochSampler, ImageFolderDataset
 from kp2d_model.losses import kp2d_loss
 from kp2d_model.networks import InlierNet
+from kp2d_model.torch_compat import OutOfMemoryError, grad_scaler
 from kp2d_model.training.checkpointing import (
     atomic_save,
     capture_rng_state,
@@ -374,7 +375,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.StepLR(
             self.optimizer, step_size=config.optimizer.lr_decay_epochs, gamma=config.optimizer.lr_decay
         )
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.scaler = grad_scaler(enabled=self.amp_dtype == torch.float16)
         self.augmentation = augmentation_options(config)
         self.generator = torch.Generator(device=self.device)
 
@@ -856,7 +857,7 @@ class Trainer:
                 self.skipped_at_load += int(batch["skipped"].sum())
                 try:
                     terms = self.train_step(images)
-                except torch.OutOfMemoryError as error:
+                except OutOfMemoryError as error:
                     raise self._out_of_memory(error) from None
                 except RuntimeError as error:
                     if "can't allocate memory" in str(error) or "out of memory" in str(error):
