@@ -29,7 +29,6 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from importlib.metadata import version as importlib_version
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -413,7 +412,8 @@ def quantize_onnx_int8(fp32_path: str | Path, int8_path: str | Path, calibration
     # ONNX Runtime before 1.13 (Humble's NumPy 1.21 allows up to 1.12) writes its calibration graph,
     # augmented_model.onnx, into the working directory: there it runs from a temporary one (paths are absolute;
     # the working directory is the process's, so only where needed).
-    old_runtime = tuple(int(part) for part in importlib_version("onnxruntime").split(".")[:2]) < (1, 13)
+    runtime_version = _require("onnxruntime", "INT8 calibration").__version__  # also onnxruntime-gpu's
+    old_runtime = tuple(int(part) for part in runtime_version.split(".")[:2]) < (1, 13)
     with tempfile.TemporaryDirectory(prefix="kp2d-quantise-") as scratch:
         with _working_directory(scratch) if old_runtime else contextlib.nullcontext():
             quantization.quantize_static(
