@@ -549,9 +549,8 @@ class DetectorNode(Node):
         ``diagnostic_updater.use_fqn``, default false, is set)."""
         self._diagnostic_name = f"{self.get_fully_qualified_name()}: keypoints"
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._diagnostics_period = 1.0
         self._diagnostics_last = time.monotonic()
-        self.create_timer(self._diagnostics_period, self._publish_diagnostics)
+        self.create_timer(1.0, self._publish_diagnostics)
 
     # --- callbacks (executor thread: keep them short) --------------------------------------------------
 
@@ -805,8 +804,7 @@ class DetectorNode(Node):
     def _fill_diagnostics(self, stat: _StatusBuilder) -> _StatusBuilder:
         """Fill ``stat`` with rates, latency and drops since the last report."""
         now = time.monotonic()
-        period = max(1e-3, now - getattr(self, "_diagnostics_last", now - 1.0))
-        self._diagnostics_last = now
+        period, self._diagnostics_last = max(1e-3, now - self._diagnostics_last), now
         snapshot = self._stats.take()
         dropped, self._slot.dropped = self._slot.dropped, 0
         latency, inference = snapshot["latency_ms"], snapshot["inference_ms"]
