@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the ROS 2 packages kp2d_ros_msgs (ament_cmake, rosidl) and kp2d_ros (ament_python) with colcon
 # into install/, using the ROS 2 Kilted wheels of .venv/ as the underlay (docs/ros.md). KP2D_VENV names another
-# venv and KP2D_ROS_OUT another folder for build/, install/ and log/ (scripts/test_humble.sh).
+# venv and KP2D_ROS_OUT another folder for build/, install/ and log/ (scripts/test_ubuntu_stack.sh).
 #
 # Idempotent and quick the second time: a stamp in install/ holds the hash of every build input (the
 # interface package, package.xml, setup.py/setup.cfg, launch/config file names and contents, the venv's

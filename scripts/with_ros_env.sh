@@ -10,7 +10,7 @@
 #   ROS_DOMAIN_ID                          kept if set, else 0; the tests pick their own per run (test/ros_helpers.py)
 # Variables already set by the caller win (except the paths, which are extended). KP2D_OVERLAY names another
 # colcon install/ to source instead of the repository's, KP2D_CWD another working directory, KP2D_VENV another
-# venv (scripts/test_humble.sh).
+# venv (scripts/test_ubuntu_stack.sh).
 set -eo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${KP2D_VENV:-$ROOT/.venv}
