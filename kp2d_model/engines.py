@@ -210,6 +210,34 @@ def _require(module: str, needed_for: str) -> Any:
         raise EngineError(f"{needed_for} needs the Python package {package!r} (pip install {package})") from None
 
 
+# Set to 1 to let OpenVINO send its usage telemetry (off by default: see import_openvino).
+OPENVINO_TELEMETRY_ENV = "KP2D_OPENVINO_TELEMETRY"
+
+
+def import_openvino() -> Any:
+    """``import openvino`` without its usage telemetry, unless ``KP2D_OPENVINO_TELEMETRY=1``.
+
+    On import (and on every ``convert_model``) OpenVINO sends a Google Analytics event unless the user opted out
+    with its ``opt_in_out`` tool: it forks a process from the caller's, which in a ROS node already runs DDS and
+    executor threads (Python 3.12 warns that such a fork may deadlock), tries the network from a robot, and writes
+    a client id under ``~/intel``. A detector should do none of that. With ``openvino_telemetry`` not importable
+    while OpenVINO loads, OpenVINO uses its own no-op stub; the block is lifted right after, so other code that
+    imports ``openvino_telemetry`` itself is unaffected. If ``openvino`` was already imported, it is returned as is.
+    """
+    import importlib
+    import sys
+
+    if "openvino" in sys.modules or os.environ.get(OPENVINO_TELEMETRY_ENV) == "1":
+        return importlib.import_module("openvino")
+    loaded = {name: sys.modules.pop(name) for name in list(sys.modules) if name.startswith("openvino_telemetry")}
+    sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # import -> ImportError -> OpenVINO's stub
+    try:
+        return importlib.import_module("openvino")
+    finally:
+        del sys.modules["openvino_telemetry"]
+        sys.modules.update(loaded)
+
+
 @dataclass(frozen=True)
 class EngineChoice:
     """What runs the network: backend, precision and the reason (one log line)."""
@@ -730,8 +758,7 @@ class OpenVinoBackend:
         channels_last: bool = False,
         **_: Any,
     ):
-        import openvino
-
+        openvino = import_openvino()
         self.core = openvino.Core()
         self.model = self.core.read_model(str(onnx_path))
         if channels_last:  # written out in that layout by the plugin (its INT8 convolutions use it inside)
@@ -850,7 +877,7 @@ def _load_tensorrt_engine(runtime: Any, path: Path) -> Any:
 
 def save_openvino(onnx_path: str | Path, xml_path: str | Path) -> Path:
     """Convert an exported graph into OpenVINO IR (``.xml`` + ``.bin``), the kp2d metadata under rt_info ``kp2d``."""
-    import openvino
+    openvino = import_openvino()
 
     metadata = read_onnx_metadata(onnx_path)
     model = openvino.convert_model(str(onnx_path))

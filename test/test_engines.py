@@ -451,3 +451,48 @@ def test_export_writes_openvino_ir_with_metadata(checkpoint_path, tmp_path) -> N
     model = openvino.Core().read_model(str(out))
     assert json.loads(model.get_rt_info(["kp2d", "stride"]).astype(str)) == 8
     assert Path(out.with_suffix(".bin")).is_file()
+
+
+OPENVINO_IMPORT_PROBE = """
+import os, sys, time
+forks = []
+os.register_at_fork(before=lambda: forks.append(1))
+from kp2d_model import engines
+openvino = engines.import_openvino()
+from openvino.tools.ovc import telemetry_utils
+time.sleep(0.5)  # the telemetry backend sends from a thread pool
+print(telemetry_utils.tm.__name__, len(forks))
+"""
+
+
+def _import_openvino_in_fresh_process(tmp_path: Path, **env: str) -> tuple[str, int]:
+    import os
+    import subprocess
+
+    environment = {key: value for key, value in os.environ.items() if key not in ("CI", "KP2D_OPENVINO_TELEMETRY")}
+    environment.update(HOME=str(tmp_path), **env)  # whatever OpenVINO writes lands here, not in the user's home
+    result = subprocess.run(
+        [sys.executable, "-c", OPENVINO_IMPORT_PROBE], env=environment, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    module, forks = result.stdout.split()
+    return module, int(forks)
+
+
+def test_openvino_is_imported_without_its_usage_telemetry(tmp_path) -> None:
+    # OpenVINO sends a Google Analytics event on import from a forked process unless the user opted out; the
+    # detector (the node's default engine) must not fork from a process running DDS threads nor call home.
+    if not HAS_OPENVINO:
+        pytest.skip("openvino not installed")
+    module, forks = _import_openvino_in_fresh_process(tmp_path)
+    assert module == "openvino.tools.ovc.telemetry_stub"
+    assert forks == 0
+    assert not (tmp_path / "intel").exists()
+
+
+def test_openvino_telemetry_can_be_left_on(tmp_path) -> None:
+    if not HAS_OPENVINO or not engines._installed("openvino_telemetry"):  # noqa: SLF001
+        pytest.skip("openvino / openvino_telemetry not installed")
+    # CI=true: OpenVINO's own switch keeps this check from sending anything
+    module, _ = _import_openvino_in_fresh_process(tmp_path, KP2D_OPENVINO_TELEMETRY="1", CI="true")
+    assert module == "openvino_telemetry"
