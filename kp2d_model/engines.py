@@ -581,10 +581,42 @@ def _ancestors(model: Any, outputs: list[str]) -> list[Any]:
 
 
 def cache_dir() -> Path:
-    """Where built engines are kept: ``$KP2D_ENGINE_CACHE``, default ``~/.cache/kp2d`` (created)."""
-    path = Path(os.environ.get("KP2D_ENGINE_CACHE", Path.home() / ".cache" / "kp2d"))
-    path.mkdir(parents=True, exist_ok=True)
+    """Where built engines are kept: ``$KP2D_ENGINE_CACHE``, default ``~/.cache/kp2d`` (created).
+
+    A cache is an optimisation: where that folder cannot be made or written (a service user without a home, a
+    read-only file system in a container), built engines go to a temporary folder of this process instead, with
+    one warning naming the folder and the reason (they are then rebuilt at every start), rather than a failure.
+    """
+    try:
+        path = Path(os.environ.get("KP2D_ENGINE_CACHE") or Path.home() / ".cache" / "kp2d")
+        path.mkdir(parents=True, exist_ok=True)
+        if os.access(path, os.W_OK | os.X_OK):
+            return path
+        problem = f"{path} is not writable"
+    except (OSError, RuntimeError) as error:  # RuntimeError: Path.home() without HOME and without a passwd entry
+        problem = str(error)
+    fallback = _temporary_cache_dir()
+    _warn_once(
+        f"engine cache unavailable ({problem}); built engines go to {fallback} for this process and are rebuilt at "
+        "every start: set KP2D_ENGINE_CACHE to a writable folder to keep them"
+    )
+    return fallback
+
+
+@functools.cache
+def _temporary_cache_dir() -> Path:
+    """One temporary folder per process for built engines, removed at exit."""
+    import atexit
+    import shutil
+
+    path = Path(tempfile.mkdtemp(prefix="kp2d-engine-cache-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    LOG.warning(message)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -232,6 +232,30 @@ def test_int8_calibration_quantises_the_convolutions_and_is_cached(checkpoint_pa
     assert graph.stat().st_mtime_ns == mtime  # reused, not quantised again
 
 
+def test_an_unusable_engine_cache_falls_back_to_a_temporary_folder_with_one_warning(
+    checkpoint_path, tmp_path, monkeypatch, caplog
+) -> None:
+    # a service user without a writable home, a read-only container: the cache is an optimisation, not a need
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    monkeypatch.setenv("KP2D_ENGINE_CACHE", str(blocker / "kp2d"))
+    with caplog.at_level(logging.WARNING, logger="kp2d_model.engines"):
+        detector = KeypointDetector(
+            checkpoint_path,
+            device="cpu",
+            top_k=300,
+            precision="int8",
+            backend="onnxruntime",
+            calibration=synthetic_images(2),
+        )
+        assert engines.cache_dir() == engines.cache_dir()
+    assert len(detector(synthetic_images(1)[0])) == 300
+    messages = [record.getMessage() for record in caplog.records if "engine cache unavailable" in record.getMessage()]
+    assert len(messages) == 1 and str(blocker / "kp2d") in messages[0] and "KP2D_ENGINE_CACHE" in messages[0]
+    fallback = engines.cache_dir()
+    assert fallback.is_dir() and list(fallback.glob("dense_heads_int8_*.onnx"))
+
+
 def test_int8_engines_stop_before_the_last_descriptor_conv_and_the_detector_runs_it_at_the_keypoints(
     checkpoint_path, photo_bgr, tmp_path, monkeypatch
 ):
