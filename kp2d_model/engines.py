@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -212,6 +213,7 @@ def _require(module: str, needed_for: str) -> Any:
 
 # Set to 1 to let OpenVINO send its usage telemetry (off by default: see import_openvino).
 OPENVINO_TELEMETRY_ENV = "KP2D_OPENVINO_TELEMETRY"
+_OPENVINO_IMPORT_LOCK = threading.Lock()
 
 
 def import_openvino() -> Any:
@@ -227,15 +229,16 @@ def import_openvino() -> Any:
     import importlib
     import sys
 
-    if "openvino" in sys.modules or os.environ.get(OPENVINO_TELEMETRY_ENV) == "1":
-        return importlib.import_module("openvino")
-    loaded = {name: sys.modules.pop(name) for name in list(sys.modules) if name.startswith("openvino_telemetry")}
-    sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # import -> ImportError -> OpenVINO's stub
-    try:
-        return importlib.import_module("openvino")
-    finally:
-        del sys.modules["openvino_telemetry"]
-        sys.modules.update(loaded)
+    with _OPENVINO_IMPORT_LOCK:  # detectors built in parallel threads (multi_detector) must not undo each other
+        if "openvino" in sys.modules or os.environ.get(OPENVINO_TELEMETRY_ENV) == "1":
+            return importlib.import_module("openvino")
+        loaded = {name: sys.modules.pop(name) for name in list(sys.modules) if name.startswith("openvino_telemetry")}
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # -> ImportError -> OpenVINO's stub
+        try:
+            return importlib.import_module("openvino")
+        finally:
+            del sys.modules["openvino_telemetry"]
+            sys.modules.update(loaded)
 
 
 @dataclass(frozen=True)
