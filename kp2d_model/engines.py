@@ -229,7 +229,7 @@ def import_openvino() -> Any:
     import importlib
     import sys
 
-    with _OPENVINO_IMPORT_LOCK:  # detectors built in parallel threads (multi_detector) must not undo each other
+    with _OPENVINO_IMPORT_LOCK:  # engines built in two threads at once must not undo each other's sys.modules entries
         if "openvino" in sys.modules or os.environ.get(OPENVINO_TELEMETRY_ENV) == "1":
             return importlib.import_module("openvino")
         loaded = {name: sys.modules.pop(name) for name in list(sys.modules) if name.startswith("openvino_telemetry")}
