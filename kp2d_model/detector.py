@@ -78,6 +78,11 @@ class Detections:
         return Detections(as_numpy(self.keypoints), as_numpy(self.scores), as_numpy(self.descriptors), self.image_size)
 
 
+class CalibrationBatches(list):
+    """INT8 calibration inputs already prepared by ``KeypointDetector.calibration_batches`` (a list of
+    ``(480, 640, C)`` uint8 arrays), told apart from a caller's list of photos."""
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; anything else as ``torch.device``."""
     if device == "auto":
@@ -373,14 +378,38 @@ class KeypointDetector:
         self._bundled_int8 = engines.bundled_int8_graph(checkpoint if not isinstance(checkpoint, nn.Module) else None)
         int8_ready = calibration is not None or self._bundled_int8 is not None
         self.engine_choice = engines.resolve_engine(precision, backend, self.device, int8_ready=int8_ready)
-        self.engine = self._build_engine(self.engine_choice, calibration)
         if engines.parse_choice(Precision, precision, "precision") is Precision.AUTO:
-            self._check_auto_choice()
+            self._build_auto_engine(calibration)
+        else:
+            self.engine = self._build_engine(self.engine_choice, calibration)
         LOG.info("KeypointDetector: %s", self.engine_choice)
 
+    def _build_auto_engine(self, calibration: object) -> None:
+        """``precision="auto"``: build the chosen engine and check it (``_check_auto_choice``); an engine that
+        fails to build or run here (an engine package broken on this CPU or under ``ONEDNN_MAX_CPU_ISA``, a
+        failed calibration) falls back to torch fp32 with the reason in the log line, never a traceback."""
+        photos = None  # the caller's calibration photos: a bad folder is an error, not a reason to fall back
+        if self.engine_choice.precision is Precision.INT8 and calibration is not None:
+            photos = self.calibration_batches(calibration)
+        try:
+            self.engine = self._build_engine(self.engine_choice, photos)
+            self._check_auto_choice()
+        except Exception as error:  # noqa: BLE001 - any engine failure: "auto" falls back, with the reason
+            if self.engine_choice.backend is BackendName.TORCH and self.engine_choice.precision is Precision.FP32:
+                raise
+            failed = self.engine_choice
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            detail = lines[-1] if lines else "no message"
+            detail = detail if isinstance(error, engines.EngineError) else f"{type(error).__name__}: {detail}"
+            self.engine_choice = EngineChoice(
+                BackendName.TORCH, Precision.FP32,
+                f"{failed.backend.value} {failed.precision.value} could not run on this machine ({detail})",
+            )  # fmt: skip
+            self.engine = self._build_engine(self.engine_choice, None)
+
     def _check_auto_choice(self) -> None:
-        """``precision="auto"``: check on a fixed synthetic 256x192 image that the chosen engine's keypoints agree
-        with float32's (>= 90 % of the 100 best cells within 1 px); else fall back to torch fp32 (one log line)."""
+        """Check on a fixed synthetic 256x192 image that the engine ``"auto"`` chose agrees with float32 (>= 90 %
+        of the 100 best cells' keypoints within 1 px); else fall back to torch fp32 (one log line)."""
         if self.engine_choice.precision is Precision.FP32 and self.engine_choice.backend is BackendName.TORCH:
             return
         image = agreement_check_image(1 if self.grey_input else 3)
@@ -454,7 +483,7 @@ class KeypointDetector:
             return engines.TorchBackend(self.dense_heads(), self.device, choice.precision, channels_last=cut)
         options = {"device": self.device, "precision": choice.precision, "threads": torch.get_num_threads()}
         options["channels_last"] = cut
-        bf16 = torch.bfloat16 if engines.cpu_capabilities() & {"avx512_bf16", "amx_bf16"} else torch.float32
+        bf16 = torch.bfloat16 if engines.native_bf16() else torch.float32
         with tempfile.TemporaryDirectory(prefix="kp2d-engine-") as workdir:
             if choice.precision is Precision.INT8 and calibration is None:
                 onnx_path = self._bundled_int8
@@ -468,7 +497,9 @@ class KeypointDetector:
                 )
             if choice.precision is Precision.INT8:
                 if calibration is not None:
-                    batches = [image[None] for image in self.calibration_batches(calibration)]
+                    if not isinstance(calibration, CalibrationBatches):
+                        calibration = self.calibration_batches(calibration)
+                    batches = [image[None] for image in calibration]
                     onnx_path = engines.cached_int8_graph(onnx_path, batches)
                 if cut:  # the conv's UINT8 input, its scale folded into the conv; products in bf16 where native
                     quantization = engines.cut_before_last_conv(onnx_path, Path(workdir) / "dense_heads_cut.onnx")
@@ -487,7 +518,7 @@ class KeypointDetector:
         """KeyPointNet's last descriptor conv for a float32 input map (None for other networks)."""
         return None if self._descriptor_conv is None else LastConv.from_conv(self._descriptor_conv)
 
-    def calibration_batches(self, calibration: object) -> list[np.ndarray]:
+    def calibration_batches(self, calibration: object) -> CalibrationBatches:
         """INT8 calibration inputs ``(480, 640, C)`` uint8: each photo resized to 640x480 (INTER_AREA; the same
         graph then runs at any size and ``input_scale``). ``calibration``: a folder of photos or a list of uint8
         BGR images."""
@@ -506,7 +537,7 @@ class KeypointDetector:
         for image in images:
             resized = cv2.resize(image, CALIBRATION_SIZE, interpolation=cv2.INTER_AREA)  # a multiple of 32
             batches.append(cv2.cvtColor(resized, cv2.COLOR_BGR2GRAY)[:, :, None] if self.grey_input else resized)
-        return batches
+        return CalibrationBatches(batches)
 
     def _init_from_export(self, path, top_k, score_threshold, nms_radius, input_size, input_scale, precision, backend):  # noqa: ANN001, E501
         """A detector on an exported graph (``kp2d-export``): the file's metadata gives stride, channels,

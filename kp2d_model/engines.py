@@ -168,11 +168,28 @@ class DenseHeads(nn.Module):
 # --- capabilities -------------------------------------------------------------------------------------
 
 
+# What oneDNN may use under ``ONEDNN_MAX_CPU_ISA`` (oneDNN's documented cap, also read by OpenVINO's CPU
+# plugin and torch): the flags of ``cpu_capabilities`` each level allows. Unknown or uncapped values: all.
+_ONEDNN_ISA_FLAGS = {
+    "SSE41": frozenset(),
+    "AVX": frozenset(),
+    "AVX2": frozenset(),
+    "AVX2_VNNI": frozenset({"avx_vnni"}),
+    "AVX2_VNNI_2": frozenset({"avx_vnni"}),
+    "AVX512_CORE": frozenset({"avx512f"}),
+    "AVX512_CORE_VNNI": frozenset({"avx512f", "avx512_vnni", "avx_vnni"}),
+    "AVX512_CORE_BF16": frozenset({"avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16"}),
+    "AVX512_CORE_FP16": frozenset({"avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16"}),
+}
+
+
 @functools.cache
 def cpu_capabilities() -> frozenset[str]:
     """This CPU's flags that matter for reduced precision: a subset of ``avx512_bf16``, ``amx_bf16``,
     ``amx_int8``, ``avx512_vnni``, ``avx_vnni``, ``avx512f`` (read from /proc/cpuinfo on Linux, plus what
-    torch's dispatcher reports; empty elsewhere)."""
+    torch's dispatcher reports; empty elsewhere), less what ``ONEDNN_MAX_CPU_ISA`` (or the older
+    ``DNNL_MAX_CPU_ISA``) forbids: with ``ONEDNN_MAX_CPU_ISA=AVX2`` the CPU counts as AVX2-only, as oneDNN
+    then treats it, so ``"auto"`` picks no bf16 or INT8 engine that the cap would break."""
     wanted = {"avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni", "avx512f"}
     flags: set[str] = set()
     try:
@@ -185,7 +202,14 @@ def cpu_capabilities() -> frozenset[str]:
     with_torch = getattr(torch._C._cpu, "_is_amx_tile_supported", lambda: False)()  # noqa: SLF001
     if with_torch:
         flags.update({"amx_bf16", "amx_int8"})
-    return frozenset(flags & wanted)
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    allowed = _ONEDNN_ISA_FLAGS.get(cap.strip().upper(), frozenset(wanted))
+    return frozenset(flags & wanted & allowed)
+
+
+def native_bf16() -> bool:
+    """The CPU computes bf16 dot products itself (AVX512-BF16 or AMX-BF16, as ``cpu_capabilities`` counts)."""
+    return bool(cpu_capabilities() & {"avx512_bf16", "amx_bf16"})
 
 
 def _installed(module: str) -> bool:
@@ -285,6 +309,12 @@ def _check_pair(backend: BackendName, precision: Precision, cuda: bool, int8_rea
         raise EngineError(f"backend {backend.value} runs on the CPU here; use device='cpu' or backend torch/tensorrt")
     if backend is BackendName.TORCH and precision is Precision.FP16 and not cuda:
         raise EngineError("precision fp16 with backend torch needs CUDA; on the CPU use bf16 or int8")
+    if backend is BackendName.OPENVINO and precision is Precision.BF16 and not native_bf16():
+        raise EngineError(
+            "precision bf16 with backend openvino needs a CPU that computes bf16 (AVX512-BF16 or AMX-BF16; this "
+            f"one: {_flags(cpu_capabilities(), 'bf16', 'vnni', 'amx')}, after ONEDNN_MAX_CPU_ISA); use backend "
+            "torch (bf16 emulated, slow), precision int8 or fp32"
+        )
     if precision is Precision.INT8 and not int8_ready:
         raise EngineError(
             "precision int8 needs calibration photos (calibration=<folder of training photos>) or an INT8 "
@@ -305,7 +335,8 @@ def _auto_backend_for(precision: Precision, cuda: bool) -> BackendName:
     if precision is Precision.FP32 or precision is Precision.FP16:
         return BackendName.TORCH
     if precision is Precision.BF16:
-        return BackendName.OPENVINO if not cuda and _engine_installed(BackendName.OPENVINO) else BackendName.TORCH
+        openvino = not cuda and native_bf16() and _engine_installed(BackendName.OPENVINO)
+        return BackendName.OPENVINO if openvino else BackendName.TORCH
     return BackendName.OPENVINO if _engine_installed(BackendName.OPENVINO) else BackendName.ONNXRUNTIME  # int8
 
 
@@ -814,7 +845,14 @@ class OpenVinoBackend:
                 self.compiled.pop(next(iter(self.compiled)))
             model = self.model.clone()
             model.reshape({"image": list(shape)})
-            self.compiled[shape] = self.core.compile_model(model, "CPU", self.config)
+            try:
+                self.compiled[shape] = self.core.compile_model(model, "CPU", self.config)
+            except RuntimeError as error:  # OpenVINO's message: a stack of "Exception from <file>" lines
+                lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+                raise EngineError(
+                    f"OpenVINO could not compile the {self.precision.value} graph for input {list(shape)} on this "
+                    f"CPU (float layers {self.config['INFERENCE_PRECISION_HINT']}): {lines[-1] if lines else error}"
+                ) from error
         return self.compiled[shape]
 
     def forward(self, batch: np.ndarray) -> DenseOutputs:

@@ -45,7 +45,8 @@ if [[ ! -f "$VENV/.complete" || "$(cat "$VENV/.complete")" != "$stamp" ]]; then
     echo "[$STACK] creating $VENV with $("$interpreter" --version) (torch 2.13.0 for it is a ~4 GB download)"
     rm -rf "$VENV"
     "$interpreter" -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade "pip==25.3" "setuptools==80.9.0"
+    # setuptools: left to the next line's resolver (torch wants >= 77, colcon-core < 80: 79.0.1 today)
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade "pip==25.3"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "torch==2.13.0" \
         -r "$REQUIREMENTS" -r requirements/ros.txt
     "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .

@@ -180,6 +180,10 @@ def test_exported_file_carries_its_metadata_and_runs_in_the_detector(checkpoint_
 @pytest.mark.skipif(not HAS_OPENVINO, reason="openvino not installed")
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_openvino_keypoints_lie_within_one_pixel_of_fp32(checkpoint_path, reference, photo_bgr, precision) -> None:
+    if precision == "bf16" and not engines.native_bf16():  # e.g. under ONEDNN_MAX_CPU_ISA=AVX2 (make test-isa)
+        with pytest.raises(EngineError, match="needs a CPU that computes bf16"):
+            KeypointDetector(checkpoint_path, device="cpu", precision=precision, backend="openvino")
+        return
     detector = KeypointDetector(checkpoint_path, device="cpu", top_k=300, precision=precision, backend="openvino")
     found = detector(photo_bgr)
     assert len(found) == 300
@@ -520,3 +524,59 @@ def test_openvino_telemetry_can_be_left_on(tmp_path) -> None:
     # CI=true: OpenVINO's own switch keeps this check from sending anything
     module, _ = _import_openvino_in_fresh_process(tmp_path, KP2D_OPENVINO_TELEMETRY="1", CI="true")
     assert module == "openvino_telemetry"
+
+
+# --- oneDNN's ISA cap (ONEDNN_MAX_CPU_ISA) ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cap", "forbidden"),
+    [("AVX2", {"avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"}),
+     ("avx512_core_vnni", {"avx512_bf16", "amx_bf16", "amx_int8"})],
+)  # fmt: skip
+def test_cpu_capabilities_leave_out_what_onednn_max_cpu_isa_forbids(monkeypatch, cap, forbidden) -> None:
+    try:
+        for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+            monkeypatch.delenv(name, raising=False)
+        engines.cpu_capabilities.cache_clear()
+        uncapped = engines.cpu_capabilities()
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        engines.cpu_capabilities.cache_clear()
+        capped = engines.cpu_capabilities()
+    finally:
+        monkeypatch.undo()  # this process's own cap (make test-isa sets one) and flags, as before the test
+        engines.cpu_capabilities.cache_clear()
+    assert capped <= uncapped and not capped & forbidden
+    if cap == "avx512_core_vnni":
+        assert capped == uncapped - forbidden
+
+
+LATE_ISA_CAP_PROBE = """
+import logging, os, sys
+logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+from kp2d_model import KeypointDetector, engines
+engines.cpu_capabilities()  # read with the CPU's own flags ...
+os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"  # ... then capped before OpenVINO loads: its bf16 graph cannot compile
+KeypointDetector(sys.argv[1], device="cpu", precision="auto")
+"""
+
+
+def test_auto_falls_back_to_fp32_with_the_reason_when_the_chosen_engine_cannot_run(checkpoint_path) -> None:
+    # A real engine failure, not a stand-in: OpenVINO's CPU plugin fails to compile the bf16 graph when oneDNN is
+    # capped below what the CPU reports. "auto" must log why and run fp32 instead of raising from inside OpenVINO.
+    import os
+    import subprocess
+
+    if not HAS_OPENVINO or not engines.native_bf16():
+        pytest.skip("needs openvino and a CPU with AVX512-BF16 or AMX-BF16 (what auto picks bf16 for)")
+    caps = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+    environment = {key: value for key, value in os.environ.items() if key not in caps}
+    result = subprocess.run(
+        [sys.executable, "-c", LATE_ISA_CAP_PROBE, str(checkpoint_path)],
+        env=environment, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("KeypointDetector: "))
+    assert line.startswith("KeypointDetector: backend=torch precision=fp32 (openvino bf16 could not run on this")
+    assert "OpenVINO could not compile the bf16 graph for input [1, 192, 256, 3]" in line
+    assert "Traceback" not in result.stderr
