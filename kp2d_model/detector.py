@@ -378,16 +378,18 @@ class KeypointDetector:
         self._bundled_int8 = engines.bundled_int8_graph(checkpoint if not isinstance(checkpoint, nn.Module) else None)
         int8_ready = calibration is not None or self._bundled_int8 is not None
         self.engine_choice = engines.resolve_engine(precision, backend, self.device, int8_ready=int8_ready)
+        auto_backend = engines.parse_choice(BackendName, backend, "backend") is BackendName.AUTO
         if engines.parse_choice(Precision, precision, "precision") is Precision.AUTO:
-            self._build_auto_engine(calibration)
+            self._build_auto_engine(calibration, fall_back_on_failure=auto_backend)
         else:
             self.engine = self._build_engine(self.engine_choice, calibration)
         LOG.info("KeypointDetector: %s", self.engine_choice)
 
-    def _build_auto_engine(self, calibration: object) -> None:
-        """``precision="auto"``: build the chosen engine and check it (``_check_auto_choice``); an engine that
-        fails to build or run here (an engine package broken on this CPU or under ``ONEDNN_MAX_CPU_ISA``, a
-        failed calibration) falls back to torch fp32 with the reason in the log line, never a traceback."""
+    def _build_auto_engine(self, calibration: object, fall_back_on_failure: bool) -> None:
+        """``precision="auto"``: build the chosen engine and check it (``_check_auto_choice``). With ``backend="auto"``
+        too, an engine that fails to build or run here (an engine package broken on this CPU or under
+        ``ONEDNN_MAX_CPU_ISA``, a failed quantisation) falls back to torch fp32 with the reason in the log line,
+        never a traceback; an explicit backend's failure is raised (explicit choices never fall back)."""
         photos = None  # the caller's calibration photos: a bad folder is an error, not a reason to fall back
         if self.engine_choice.precision is Precision.INT8 and calibration is not None:
             photos = self.calibration_batches(calibration)
@@ -395,9 +397,9 @@ class KeypointDetector:
             self.engine = self._build_engine(self.engine_choice, photos)
             self._check_auto_choice()
         except Exception as error:  # noqa: BLE001 - any engine failure: "auto" falls back, with the reason
-            if self.engine_choice.backend is BackendName.TORCH and self.engine_choice.precision is Precision.FP32:
-                raise
             failed = self.engine_choice
+            if not fall_back_on_failure or (failed.backend, failed.precision) == (BackendName.TORCH, Precision.FP32):
+                raise
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
             detail = lines[-1] if lines else "no message"
             detail = detail if isinstance(error, engines.EngineError) else f"{type(error).__name__}: {detail}"

@@ -374,6 +374,7 @@ def _auto(backend: BackendName, cuda: bool, int8_ready: bool) -> EngineChoice:
         return EngineChoice(
             BackendName.TORCH, Precision.FP32, f"no faster setting on this CPU ({_flags(caps, 'bf16', 'vnni', 'amx')})"
         )
+    _check_pair(backend, Precision.FP32, cuda, int8_ready)  # e.g. tensorrt on the CPU: refused here, by name
     return EngineChoice(backend, Precision.FP32, "no reduced precision on this CPU for this backend")
 
 

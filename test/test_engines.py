@@ -557,13 +557,18 @@ logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 from kp2d_model import KeypointDetector, engines
 engines.cpu_capabilities()  # read with the CPU's own flags ...
 os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"  # ... then capped before OpenVINO loads: its bf16 graph cannot compile
-KeypointDetector(sys.argv[1], device="cpu", precision="auto")
+try:
+    KeypointDetector(sys.argv[1], device="cpu", precision="auto", backend=sys.argv[2])
+except engines.EngineError as error:
+    print("EngineError:", error)
 """
 
 
-def test_auto_falls_back_to_fp32_with_the_reason_when_the_chosen_engine_cannot_run(checkpoint_path) -> None:
+@pytest.mark.parametrize("backend", ["auto", "openvino"])
+def test_auto_falls_back_to_fp32_with_the_reason_when_the_chosen_engine_cannot_run(checkpoint_path, backend) -> None:
     # A real engine failure, not a stand-in: OpenVINO's CPU plugin fails to compile the bf16 graph when oneDNN is
-    # capped below what the CPU reports. "auto" must log why and run fp32 instead of raising from inside OpenVINO.
+    # capped below what the CPU reports. "auto" must log why and run fp32 instead of raising from inside OpenVINO;
+    # with backend="openvino" asked for by name, the same failure is an EngineError (explicit choices never fall back).
     import os
     import subprocess
 
@@ -572,11 +577,16 @@ def test_auto_falls_back_to_fp32_with_the_reason_when_the_chosen_engine_cannot_r
     caps = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
     environment = {key: value for key, value in os.environ.items() if key not in caps}
     result = subprocess.run(
-        [sys.executable, "-c", LATE_ISA_CAP_PROBE, str(checkpoint_path)],
+        [sys.executable, "-c", LATE_ISA_CAP_PROBE, str(checkpoint_path), backend],
         env=environment, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    compile_failure = "OpenVINO could not compile the bf16 graph for input [1, 192, 256, 3]"
+    if backend == "openvino":
+        assert f"EngineError: {compile_failure}" in result.stdout
+        assert "KeypointDetector: " not in result.stdout
+        return
     line = next(line for line in result.stdout.splitlines() if line.startswith("KeypointDetector: "))
     assert line.startswith("KeypointDetector: backend=torch precision=fp32 (openvino bf16 could not run on this")
-    assert "OpenVINO could not compile the bf16 graph for input [1, 192, 256, 3]" in line
-    assert "Traceback" not in result.stderr
+    assert compile_failure in line
