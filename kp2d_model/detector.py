@@ -400,8 +400,7 @@ class KeypointDetector:
             failed = self.engine_choice
             if not fall_back_on_failure or (failed.backend, failed.precision) == (BackendName.TORCH, Precision.FP32):
                 raise
-            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-            detail = lines[-1] if lines else "no message"
+            detail = engines.error_reason(error)
             detail = detail if isinstance(error, engines.EngineError) else f"{type(error).__name__}: {detail}"
             self.engine_choice = EngineChoice(
                 BackendName.TORCH, Precision.FP32,

@@ -212,6 +212,13 @@ def native_bf16() -> bool:
     return bool(cpu_capabilities() & {"avx512_bf16", "amx_bf16"})
 
 
+def error_reason(error: BaseException) -> str:
+    """The last non-empty line of an engine library's error: OpenVINO prints a stack of ``Exception from
+    <file>:<line>`` lines before the reason."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
 def _installed(module: str) -> bool:
     import importlib.util
 
@@ -848,11 +855,10 @@ class OpenVinoBackend:
             model.reshape({"image": list(shape)})
             try:
                 self.compiled[shape] = self.core.compile_model(model, "CPU", self.config)
-            except RuntimeError as error:  # OpenVINO's message: a stack of "Exception from <file>" lines
-                lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            except RuntimeError as error:
                 raise EngineError(
                     f"OpenVINO could not compile the {self.precision.value} graph for input {list(shape)} on this "
-                    f"CPU (float layers {self.config['INFERENCE_PRECISION_HINT']}): {lines[-1] if lines else error}"
+                    f"CPU (float layers {self.config['INFERENCE_PRECISION_HINT']}): {error_reason(error)}"
                 ) from error
         return self.compiled[shape]
 
