@@ -785,7 +785,7 @@ class Trainer:
                 self.dataset.describe(),
                 config.data.batch_size,
                 self.context.world_size,
-                f"resuming at step {self.step}" if self.step else "from scratch",
+                f"resuming at step {self.step}" if self.step else "from step 0",
             )
         max_steps = config.train.max_steps
         try:
