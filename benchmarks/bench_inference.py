@@ -143,7 +143,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "cpu_flags": sorted(engines.cpu_capabilities()),  # after ONEDNN_MAX_CPU_ISA, as "auto" sees them
-        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"),
+        "onednn_max_cpu_isa": engines.onednn_isa_cap(),
         "checkpoint": args.checkpoint or "bundled default model",
         "warmup": args.warmup,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -202,14 +202,21 @@ def cpu_capabilities() -> frozenset[str]:
     with_torch = getattr(torch._C._cpu, "_is_amx_tile_supported", lambda: False)()  # noqa: SLF001
     if with_torch:
         flags.update({"amx_bf16", "amx_int8"})
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
-    allowed = _ONEDNN_ISA_FLAGS.get(cap.strip().upper(), frozenset(wanted))
+    allowed = _ONEDNN_ISA_FLAGS.get((onednn_isa_cap() or "").strip().upper(), frozenset(wanted))
     return frozenset(flags & wanted & allowed)
+
+
+def onednn_isa_cap() -> str | None:
+    """oneDNN's instruction-set cap from the environment: ``ONEDNN_MAX_CPU_ISA`` (or the older ``DNNL_MAX_CPU_ISA``)."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or None
+
+
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # the CPU computes bf16 dot products itself
 
 
 def native_bf16() -> bool:
     """The CPU computes bf16 dot products itself (AVX512-BF16 or AMX-BF16, as ``cpu_capabilities`` counts)."""
-    return bool(cpu_capabilities() & {"avx512_bf16", "amx_bf16"})
+    return bool(cpu_capabilities() & BF16_FLAGS)
 
 
 def error_reason(error: BaseException) -> str:
@@ -373,7 +380,7 @@ def _auto(backend: BackendName, cuda: bool, int8_ready: bool) -> EngineChoice:
             Precision.INT8,
             f"CPU has {_flags(caps, 'vnni', 'amx_int8')}, INT8 graph available{float_convs}",
         )
-    if openvino and caps & {"avx512_bf16", "amx_bf16"}:
+    if openvino and caps & BF16_FLAGS:
         return EngineChoice(BackendName.OPENVINO, Precision.BF16, f"CPU has {_flags(caps, 'bf16')}")
     if backend in (BackendName.AUTO, BackendName.TORCH) and "amx_bf16" in caps:
         return EngineChoice(BackendName.TORCH, Precision.BF16, "CPU has amx_bf16, openvino not installed")
@@ -811,7 +818,7 @@ def openvino_float_hint(precision: Precision, caps: frozenset[str] | None = None
     caps = cpu_capabilities() if caps is None else caps
     if precision is Precision.BF16:
         return "bf16"
-    if precision is Precision.INT8 and caps & {"avx512_bf16", "amx_bf16"}:
+    if precision is Precision.INT8 and caps & BF16_FLAGS:
         return "bf16"
     return "f32"
 
