@@ -36,6 +36,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
+from kp2d_model.image import IMAGE_FILE_SUFFIXES
+
 __all__ = [
     "DataError",
     "EpochSampler",
@@ -48,7 +50,7 @@ __all__ = [
 
 LOGGER = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".pnm", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = IMAGE_FILE_SUFFIXES
 
 AFFINE_MAX_DEGREES = 15.0
 AFFINE_MAX_TRANSLATION = 0.1  # fraction of the image size

@@ -33,7 +33,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from kp2d_model import engines
 from kp2d_model.checkpoint import CheckpointError, default_checkpoint_path, load_keypoint_net
 from kp2d_model.engines import BackendName, DenseHeads, EngineChoice, EngineError, Precision
-from kp2d_model.image import ImageFormatError, check_contrast, stretch_contrast, to_bgr
+from kp2d_model.image import IMAGE_FILE_SUFFIXES, ImageFormatError, check_contrast, stretch_contrast, to_bgr
 from kp2d_model.networks import KeypointNet, KeypointResnet, sample_descriptors, score_and_coord
 
 __all__ = [
@@ -527,13 +527,18 @@ class KeypointDetector:
             folder = Path(calibration)
             if not folder.is_dir():
                 raise EngineError(f"calibration folder {folder} does not exist")
-            paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+            paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_FILE_SUFFIXES)
             images = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
             images = [image for image in images if image is not None]
+            if not images:
+                raise EngineError(
+                    f"no readable calibration photos ({', '.join(IMAGE_FILE_SUFFIXES)}) in folder {folder}"
+                    + (f" ({len(paths)} file(s) with those suffixes could not be read)" if paths else "")
+                )
         else:
             images = [to_bgr(image, "bgr", name=f"calibration[{i}]") for i, image in enumerate(calibration)]
-        if not images:
-            raise EngineError(f"no calibration photos found in {calibration!r}")
+            if not images:
+                raise EngineError("no calibration photos: the list of calibration images is empty")
         batches = []
         for image in images:
             resized = cv2.resize(image, CALIBRATION_SIZE, interpolation=cv2.INTER_AREA)  # a multiple of 32

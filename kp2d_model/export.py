@@ -53,6 +53,10 @@ def export(checkpoint: Path, format_name: str, precision: Precision, out: Path, 
     metadata = detector.export_metadata(Precision.FP32, descriptor_conv="included")
     metadata["weights_sha256"] = engines.file_sha256(checkpoint)
     metadata["checkpoint"] = checkpoint.name
+    # The photos are read before anything is written: a folder without photos leaves no output folder behind.
+    batches = []
+    if precision is Precision.INT8:
+        batches = [image[None] for image in detector.calibration_batches(calibration)]
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="kp2d-export-") as workdir:
         fp32_path = Path(workdir) / "kp2d.onnx"
@@ -60,7 +64,6 @@ def export(checkpoint: Path, format_name: str, precision: Precision, out: Path, 
         engines.export_onnx(heads, fp32_path, metadata, channels=1 if detector.grey_input else 3)
         graph = fp32_path
         if precision is Precision.INT8:
-            batches = [image[None] for image in detector.calibration_batches(calibration)]
             graph = engines.quantize_onnx_int8(fp32_path, Path(workdir) / "kp2d_int8.onnx", batches)
         if format_name == "onnx":
             return Path(shutil.copyfile(graph, out))

@@ -14,6 +14,7 @@ import torch
 
 __all__ = [
     "CONTRASTS",
+    "IMAGE_FILE_SUFFIXES",
     "ImageFormatError",
     "check_contrast",
     "image_to_tensor",
@@ -22,6 +23,9 @@ __all__ = [
     "to_bgr",
 ]
 
+# The photo files that every folder reader of the project takes (training data, calibration, benchmark photos,
+# the camera simulator), by lower-case suffix; all of them are formats OpenCV and Pillow both read.
+IMAGE_FILE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".pnm", ".tif", ".tiff", ".webp")
 CHANNEL_ORDERS = ("bgr", "rgb")
 CONTRASTS = ("none", "stretch")  # the detector's ``contrast`` settings
 STRETCH_PERCENT = 1.0  # stretch_contrast's default tails: the darkest and the brightest 1 % of values

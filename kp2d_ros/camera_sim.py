@@ -33,12 +33,13 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
+from kp2d_model.image import IMAGE_FILE_SUFFIXES
 from kp2d_ros.messages import ground_truth_message, to_array
 from kp2d_ros_msgs.msg import GroundTruthHomography
 
 __all__ = ["CameraSimNode", "PhotoCamera", "default_photo", "main"]
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp"}
+IMAGE_EXTENSIONS = IMAGE_FILE_SUFFIXES
 ENCODINGS = ("bgr8", "rgb8", "mono8", "mono16", "bgra8", "rgba8")
 
 

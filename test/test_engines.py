@@ -435,6 +435,24 @@ def test_export_without_onnx_names_the_package_in_one_line(checkpoint_path, tmp_
     assert not any("Traceback" in line for line in err)
 
 
+def test_export_int8_without_readable_calibration_photos_names_the_folder_and_writes_nothing(
+    checkpoint_path, tmp_path, capsys
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "truncated.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    (photos / "notes.txt").write_text("not a photo")
+    out = tmp_path / "new_folder" / "kp2d_int8.onnx"
+    argv = ["--checkpoint", str(checkpoint_path), "--format", "onnx", "--precision", "int8"]
+    assert export_main([*argv, "--calibration", str(photos), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("kp2d-export: error: no readable calibration photos (.jpg, .jpeg, .png")
+    assert f"in folder {photos} (1 file(s) with those suffixes could not be read)" in err[-1]
+    assert not out.parent.exists()  # refused before anything was written
+    with pytest.raises(EngineError, match="the list of calibration images is empty"):
+        KeypointDetector(checkpoint_path, device="cpu").calibration_batches([])
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_export_tensorrt_without_cuda_says_so(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:

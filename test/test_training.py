@@ -478,6 +478,18 @@ def test_cli_reports_bad_input_in_one_line_without_a_traceback(image_folder, tmp
     assert "not found" in capsys.readouterr().err
 
 
+def test_a_run_refused_for_its_input_leaves_no_empty_run_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default run folder is runs/NAME-TIME in the working directory
+    assert cli.main(["v4", "--data", str(tmp_path / "missing")]) == 2
+    assert not (tmp_path / "runs").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert cli.main(["v4", "--data", str(empty), "--out", str(kept / "a" / "b")]) == 2
+    assert kept.is_dir() and not any(kept.iterdir())  # the folders it made are gone, the caller's stays
+
+
 def test_cli_print_config_shows_overrides(capsys):
     assert cli.main(["v3", "--data", "/some/where", "data.batch_size=3", "--print-config"]) == 0
     printed = capsys.readouterr().out

@@ -35,8 +35,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from kp2d_model.image import IMAGE_FILE_SUFFIXES
+
 NUM_IMAGES = 6  # per sequence, like HPatches
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = IMAGE_FILE_SUFFIXES
 MIN_PHOTO_SIDE = 64  # px
 MAX_OUTPUT_SIDE = 8192  # px per side of the written images
 

@@ -118,6 +118,25 @@ def unwritable_folder_reason(folder: Path) -> str | None:
     return None
 
 
+def missing_folders(folder: Path) -> list[Path]:
+    """The folders of ``folder``'s path (itself included, innermost first) that do not exist yet."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def remove_if_empty(folders: Sequence[Path]) -> None:
+    """Remove the given folders (innermost first) where they are still empty: a run refused for its input
+    leaves no empty ``runs/NAME-TIME`` folder behind."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (the run wrote something), or already gone: keep it
+            return
+
+
 def _error(message: str) -> None:
     print(f"{PROGRAM}: error: {message}", file=sys.stderr)
 
@@ -152,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kp2d_model.training.trainer import Trainer, TrainingError, setup_distributed
 
     out_dir = _default_out_dir(args, run_name)
+    created_folders = missing_folders(out_dir.absolute())
     problem = unwritable_folder_reason(out_dir)
     if problem:
         _error(f"cannot write the run folder {out_dir} (--out): {problem}")
@@ -169,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             dist.barrier()  # a rank tearing gloo down while another was busy aborted once in CI (std::terminate)
     except (ConfigError, DataError) as error:
         _error(str(error))
+        if context is None or context.is_main:
+            remove_if_empty(created_folders)
         return EXIT_USAGE
     except (TrainingError, CheckpointError) as error:
         _error(str(error))
