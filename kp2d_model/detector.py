@@ -33,7 +33,14 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from kp2d_model import engines
 from kp2d_model.checkpoint import CheckpointError, default_checkpoint_path, load_keypoint_net
 from kp2d_model.engines import BackendName, DenseHeads, EngineChoice, EngineError, Precision
-from kp2d_model.image import IMAGE_FILE_SUFFIXES, ImageFormatError, check_contrast, stretch_contrast, to_bgr
+from kp2d_model.image import (
+    IMAGE_FILE_SUFFIXES,
+    ImageFormatError,
+    check_contrast,
+    image_files_in,
+    stretch_contrast,
+    to_bgr,
+)
 from kp2d_model.networks import KeypointNet, KeypointResnet, sample_descriptors, score_and_coord
 
 __all__ = [
@@ -527,7 +534,7 @@ class KeypointDetector:
             folder = Path(calibration)
             if not folder.is_dir():
                 raise EngineError(f"calibration folder {folder} does not exist")
-            paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_FILE_SUFFIXES)
+            paths = image_files_in(folder)
             images = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
             images = [image for image in images if image is not None]
             if not images:

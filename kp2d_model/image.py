@@ -8,6 +8,8 @@ The original evaluation reads images with OpenCV, so the network saw **BGR**; BG
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import torch
@@ -17,6 +19,7 @@ __all__ = [
     "IMAGE_FILE_SUFFIXES",
     "ImageFormatError",
     "check_contrast",
+    "image_files_in",
     "image_to_tensor",
     "normalize_image",
     "stretch_contrast",
@@ -29,6 +32,11 @@ IMAGE_FILE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".pnm", 
 CHANNEL_ORDERS = ("bgr", "rgb")
 CONTRASTS = ("none", "stretch")  # the detector's ``contrast`` settings
 STRETCH_PERCENT = 1.0  # stretch_contrast's default tails: the darkest and the brightest 1 % of values
+
+
+def image_files_in(folder: Path) -> list[Path]:
+    """The image files directly in ``folder`` (by ``IMAGE_FILE_SUFFIXES``; not recursive), sorted by path."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_FILE_SUFFIXES)
 
 
 class ImageFormatError(ValueError):

@@ -33,13 +33,12 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
-from kp2d_model.image import IMAGE_FILE_SUFFIXES
+from kp2d_model.image import IMAGE_FILE_SUFFIXES, image_files_in
 from kp2d_ros.messages import ground_truth_message, to_array
 from kp2d_ros_msgs.msg import GroundTruthHomography
 
 __all__ = ["CameraSimNode", "PhotoCamera", "default_photo", "main"]
 
-IMAGE_EXTENSIONS = IMAGE_FILE_SUFFIXES
 ENCODINGS = ("bgr8", "rgb8", "mono8", "mono16", "bgra8", "rgba8")
 
 
@@ -108,9 +107,9 @@ class FrameSource:
         self.video: Any = None
         self.path = path
         if path.is_dir():
-            self.files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            self.files = image_files_in(path)
             if not self.files:
-                raise ValueError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {path}")
+                raise ValueError(f"no images ({', '.join(sorted(IMAGE_FILE_SUFFIXES))}) in {path}")
         else:
             self.video = cv2.VideoCapture(str(path))
             if not self.video.isOpened():
@@ -231,7 +230,7 @@ class CameraSimNode(Node):
             raise ValueError(f"source {source} does not exist")
         self.camera: PhotoCamera | None = None
         self.frames: FrameSource | None = None
-        if source.is_file() and source.suffix.lower() in IMAGE_EXTENSIONS:
+        if source.is_file() and source.suffix.lower() in IMAGE_FILE_SUFFIXES:
             self.camera = PhotoCamera(_read_image(source), (p["width"], p["height"]), p["speed"])
         else:
             if p["stereo"]:

@@ -35,10 +35,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from kp2d_model.image import IMAGE_FILE_SUFFIXES
+from kp2d_model.image import IMAGE_FILE_SUFFIXES, image_files_in
 
 NUM_IMAGES = 6  # per sequence, like HPatches
-IMAGE_SUFFIXES = IMAGE_FILE_SUFFIXES
 MIN_PHOTO_SIDE = 64  # px
 MAX_OUTPUT_SIDE = 8192  # px per side of the written images
 
@@ -96,9 +95,9 @@ def photos_in_folder(folder: Path) -> list[SourcePhoto]:
     folder = Path(folder)
     if not folder.is_dir():
         raise BenchmarkInputError(f"photo folder {folder} does not exist or is not a folder")
-    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = image_files_in(folder)
     if not paths:
-        raise BenchmarkInputError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in photo folder {folder}")
+        raise BenchmarkInputError(f"no image files ({', '.join(IMAGE_FILE_SUFFIXES)}) in photo folder {folder}")
     return _unique_names([SourcePhoto(sequence_name(p.stem), p) for p in paths])
 
 
