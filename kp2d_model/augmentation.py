@@ -36,7 +36,8 @@ class AugmentationOptions:
     """Switches and ranges of the training augmentation; the defaults reproduce the original KP2D.
 
     Homography (see :mod:`kp2d_model.homography`): ``patch_ratio``, ``perspective_amplitude``,
-    ``scaling_amplitude``, ``max_angle`` (radians).
+    ``scaling_amplitude``, ``max_angle`` (radians), ``rotation_fits`` (False: any angle in range, not only those
+    that keep the patch inside the photo; not in the original).
     Photometric (original): probabilities of a channel shuffle and of grey (shared by the pair), of noise
     (per image), the noise sigma (fraction of the full range), the blur kernel sizes drawn uniformly per image
     (0 = no blur; OpenCV's ``getGaussianKernel(k, 0)``), and ``quantize_uint8`` (round-trip through 8-bit
@@ -51,6 +52,7 @@ class AugmentationOptions:
     perspective_amplitude: float = 0.2
     scaling_amplitude: float = 0.1
     max_angle: float = math.pi / 4
+    rotation_fits: bool = True
 
     channel_shuffle_probability: float = 0.5
     grayscale_probability: float = 0.5
@@ -211,6 +213,7 @@ def make_training_batch(
         perspective_amplitude=options.perspective_amplitude,
         scaling_amplitude=options.scaling_amplitude,
         max_angle=options.max_angle,
+        rotation_fits=options.rotation_fits,
         image_shape=(height, width),
         generator=generator,
         device=images.device,

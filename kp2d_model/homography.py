@@ -9,6 +9,9 @@ The sampler reproduces the original KP2D ``sample_homography`` (as called by its
 the unit square's corners map to a patch of ``patch_ratio`` of the image, perturbed by a perspective
 jitter, scaled about its centroid, translated uniformly within the bounds that keep it inside the
 image and rotated by one of 100 angles in ``[-max_angle, max_angle]`` (or 0) that keep it inside.
+With ``rotation_fits=False`` (not in the original) the angle is drawn among all of them: wide rotations then
+come without the extra zoom a smaller ``patch_ratio`` would need, and the part of the warped image that falls
+outside the photo is black (the loss ignores keypoints that warp outside the target image).
 Geometry is done in an aspect-corrected frame (y scaled by H/W) so rotations are rotations in pixels.
 
 Amplitudes are the effective ones: ``perspective_amplitude=0.2`` means corner offsets drawn from
@@ -96,6 +99,7 @@ def sample_patch(
     perspective_amplitude: float = 0.2,
     scaling_amplitude: float = 0.1,
     max_angle: float = math.pi / 4,
+    rotation_fits: bool = True,
     image_shape: tuple[int, int] = (240, 320),
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
@@ -104,6 +108,7 @@ def sample_patch(
 
     The draws happen on ``generator.device`` when a generator is given (else on ``device``); the result is
     returned on ``device``. ``image_shape`` = (height, width) sets the aspect ratio of the geometry.
+    ``rotation_fits``: only angles that keep the patch inside the image (the original); else any of them.
     """
     _check_sampler_arguments(batch_size, patch_ratio, perspective_amplitude, scaling_amplitude, max_angle, image_shape)
     draw_device = generator.device if generator is not None else torch.device(device)
@@ -148,14 +153,16 @@ def sample_patch(
     translation = -room_low + torch.rand(b, 2, generator=generator, **f64) * (room_high + room_low)
     corners = corners + translation[:, None, :]
 
-    # Rotation: angle 0 or one of 100 angles over [-max_angle, max_angle], uniformly among those that stay inside.
+    # Rotation: angle 0 or one of 100 angles over [-max_angle, max_angle], uniformly among those that stay inside
+    # (or among all of them without rotation_fits).
     angles = torch.cat([torch.zeros(1, **f64), torch.linspace(-max_angle, max_angle, NUM_ANGLES, **f64)])
     cos, sin = angles.cos(), angles.sin()
     rotations = torch.stack([torch.stack([cos, -sin], dim=-1), torch.stack([sin, cos], dim=-1)], dim=-2)  # (A,2,2)
     center = corners.mean(dim=1, keepdim=True)
     rotated = torch.einsum("bkj,aji->baki", corners - center, rotations) + center[:, None]  # (B,A,4,2)
     inside = ((rotated >= lower) & (rotated < upper)).flatten(2).all(dim=2)  # (B,A); angle 0 is always inside
-    choice = torch.multinomial(inside.double(), 1, generator=generator)  # (B,1)
+    allowed = inside if rotation_fits else torch.ones_like(inside)
+    choice = torch.multinomial(allowed.double(), 1, generator=generator)  # (B,1)
     corners = rotated[torch.arange(b, device=draw_device), choice.squeeze(1)]
     angle = angles[choice.squeeze(1)]
 
@@ -193,6 +200,7 @@ def sample_homography(
     perspective_amplitude: float = 0.2,
     scaling_amplitude: float = 0.1,
     max_angle: float = math.pi / 4,
+    rotation_fits: bool = True,
     image_shape: tuple[int, int] = (240, 320),
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
@@ -207,6 +215,7 @@ def sample_homography(
         perspective_amplitude=perspective_amplitude,
         scaling_amplitude=scaling_amplitude,
         max_angle=max_angle,
+        rotation_fits=rotation_fits,
         image_shape=image_shape,
         generator=generator,
         device=device,

@@ -59,6 +59,21 @@ def test_default_sampler_covers_the_original_ranges():
     assert 0.62 < widths.median() < 0.78 and widths.std() > 0.03
 
 
+def test_rotations_that_leave_the_photo_are_drawn_only_without_rotation_fits():
+    """At the original's zoom (patch 0.7) the fitting rule keeps most angles small; without it they are uniform."""
+    options = {"patch_ratio": 0.7, "max_angle": math.radians(60)}
+    fitting = sample_patch(4000, generator=torch.Generator().manual_seed(3), **options)
+    free = sample_patch(4000, rotation_fits=False, generator=torch.Generator().manual_seed(3), **options)
+    assert (fitting.corners >= -1.0).all() and (fitting.corners < 1.0).all()
+    assert (free.corners.abs() >= 1.0).any(dim=2).any(dim=1).float().mean() > 0.5  # most patches leave the photo
+    assert fitting.angle.abs().quantile(0.9) < math.radians(20)
+    free_degrees = free.angle.abs().rad2deg()
+    assert 50 < free_degrees.quantile(0.9) <= 60 + 1e-9 and 25 < free_degrees.median() < 35
+    # Same draws up to the rotation: the translated, scaled patch before it is shared.
+    torch.testing.assert_close(free.scale, fitting.scale)
+    torch.testing.assert_close(free.translation, fitting.translation)
+
+
 def test_without_perspective_scale_and_rotation_the_patch_is_a_translated_square():
     homography = sample_homography(
         32,

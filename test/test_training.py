@@ -187,6 +187,21 @@ def test_homography_ranges_from_the_config_reach_the_training_warps(image_folder
     assert ratios[1].median() > 1.5 * ratios[0].median()  # stronger out-of-plane tilt
 
 
+def test_rotation_fits_false_from_the_config_reaches_the_training_warps(image_folder):
+    """``augmentation.rotation_fits=false``: wide rotations at the original zoom, black where the photo ends."""
+    overrides = ("augmentation.max_angle_deg=60",)
+    fitting = augmentation_options(_config(image_folder, *overrides))
+    free = augmentation_options(_config(image_folder, *overrides, "augmentation.rotation_fits=false"))
+    assert fitting.rotation_fits and not free.rotation_fits
+    images = torch.ones(64, 3, 60, 80)
+    batches = [make_training_batch(images, options, torch.Generator().manual_seed(0)) for options in (fitting, free)]
+    homographies = [b["homography"] for b in batches]
+    angles = [torch.atan2(h[:, 1, 0] - h[:, 0, 1], h[:, 0, 0] + h[:, 1, 1]) for h in homographies]  # about, radians
+    assert angles[1].abs().median() > 2 * angles[0].abs().median()
+    black_pixels = [(b["image_aug"].amax(dim=1) == 0).float().mean() for b in batches]
+    assert black_pixels[0] == 0 < black_pixels[1]
+
+
 def test_config_files_are_checked_and_names_resolved(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  with_oi: true\n")

@@ -110,6 +110,7 @@ class AugmentationConfig:
     perspective_amplitude: float = 0.2  # corner offsets, fraction of the image half-size
     scaling_amplitude: float = 0.1  # scales in [1 - a, 1 + a]
     max_angle_deg: float = 45.0  # rotations in [-max, max] degrees
+    rotation_fits: bool = True  # only rotations that keep the patch inside the photo (original); false: any angle
     channel_shuffle_probability: float = 0.5
     grayscale_probability: float = 0.5
     noise_probability: float = 0.5

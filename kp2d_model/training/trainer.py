@@ -209,6 +209,7 @@ def augmentation_options(config: TrainConfig) -> AugmentationOptions:
         perspective_amplitude=a.perspective_amplitude,
         scaling_amplitude=a.scaling_amplitude,
         max_angle=math.radians(a.max_angle_deg),
+        rotation_fits=a.rotation_fits,
         channel_shuffle_probability=a.channel_shuffle_probability,
         grayscale_probability=a.grayscale_probability,
         noise_probability=a.noise_probability,
