@@ -25,7 +25,10 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_17_x86_64 -d .whl kornia==0.9.0 kornia_rs==0.2.0
 # Tree + carried folders: ~32 + 16 + 7 MB of the 64 MiB a call may send. Back here: measure the
-# chosen weights ONCE on the held-out draws (kp2d-make-hpatches --seed 0, and --strength 1.6), then re-export with
+# chosen weights ONCE on the held-out draws (kp2d-make-hpatches --seed 0, and --strength 1.6; a candidate that loses
+# ordinary pairs on validation may first be blended with the shipped weights, scripts/interpolate_weights.py --alpha A,
+# A chosen on the validation draws; scripts/export_default_model.py takes trainer checkpoints only, so shipping a
+# blend would first need it to take one), then re-export with
 # scripts/export_default_model.py, remake the INT8 graph (docs/inference.md) and re-measure the README's tables.
 # A dry run on the CPU checks this script, not the model (EXTRA: more trainer overrides):
 #   DEVICE=cpu TRAIN_SECONDS=120 CANDIDATES=1 IMAGE_SHAPE=[120,160] \

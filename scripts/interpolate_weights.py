@@ -4,7 +4,8 @@ Interpolating in weight space between a model and its own fine-tune (WiSE-FT, Wo
 part of the fine-tune's gain with less of its loss elsewhere; choose ``alpha`` on validation photos, never on
 the benchmark you report. Both files must hold the same network (any format the library reads); floating-point
 tensors (weights, BatchNorm statistics) are blended, integer ones (BatchNorm step counters) are taken from the
-file with the larger share. The result is a project .safetensors with both inputs in its provenance.
+file with the larger share. The result is a project .safetensors with both inputs in its provenance (and, for a
+trainer checkpoint, its training configuration and step).
 
     .venv/bin/python scripts/interpolate_weights.py runs/x/checkpoints/last.pt --alpha 0.7 --out blend.safetensors
     .venv/bin/kp2d-evaluate --checkpoint blend.safetensors --hpatches data/hpatches_val --resolution 320x240
@@ -65,6 +66,8 @@ def interpolate_checkpoints(base_path: Path, tuned_path: Path, alpha: float, out
             "tuned": str(tuned_path),
             "base_provenance": base.provenance,
             "tuned_provenance": tuned.provenance,
+            "tuned_config": tuned.config,  # a trainer checkpoint's training configuration ({} for other formats)
+            "tuned_step": tuned.extra.get("step"),
         }
     }
     save_keypoint_net(out_path, net, base.model_config, provenance)

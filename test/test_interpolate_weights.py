@@ -59,6 +59,7 @@ def test_the_blend_is_the_stated_mix_of_the_two_weights(base_and_tuned, tmp_path
     provenance = read_checkpoint(out).provenance["interpolated"]
     assert provenance["alpha"] == 0.25 and provenance["tuned"] == str(tuned_path)
     assert provenance["tuned_provenance"] == {"what": "test fine-tune"}
+    assert provenance["tuned_config"] == {} and provenance["tuned_step"] is None  # not a trainer checkpoint
 
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
