@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:  # CheckpointError is one
         print(f"interpolate_weights: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # writing --out
+        print(f"interpolate_weights: cannot write {args.out}: {error}", file=sys.stderr)
+        return 1
     print(f"interpolate_weights: wrote {args.out} ({1 - args.alpha:g} x {base_path} + {args.alpha:g} x {args.tuned})")
     return 0
 

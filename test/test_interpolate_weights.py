@@ -90,3 +90,13 @@ def test_an_alpha_outside_zero_to_one_is_refused(base_and_tuned, tmp_path, capsy
     _, tuned_path = base_and_tuned
     assert script.main([str(tuned_path), "--alpha", "1.5", "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "--alpha must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_an_unwritable_output_is_one_line_naming_it(base_and_tuned, tmp_path, capsys):
+    script = load_script()
+    _, tuned_path = base_and_tuned
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the output's folder should be")
+    out = blocker / "blend.safetensors"
+    assert script.main([str(tuned_path), "--alpha", "0.5", "--out", str(out)]) == 1
+    assert f"cannot write {out}" in capsys.readouterr().err
